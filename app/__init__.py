@@ -1,0 +1,1 @@
+"""TSC epilepsy-outcome MONAI Deploy application."""

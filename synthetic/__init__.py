@@ -1,0 +1,1 @@
+"""Synthetic paediatric TSC brain MRI studies (DICOM) with ground truth."""

@@ -1,0 +1,1 @@
+"""Training pipeline that produces the model sets the app loads."""
