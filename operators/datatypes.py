@@ -173,6 +173,9 @@ class MemberResult:
         score: Mean over folds (None if not used).
         reason_left_out: Why it was not used.
         weight: Weight after renormalisation (0 if not used).
+        nominal_weight: Weight in the manifest, before renormalisation.
+        input_key: The member's input (e.g. ``"flair@wae"`` or ``"clinical"``).
+        architecture: The member's network (e.g. ``"resnet3d-34"``).
     """
 
     name: str
@@ -181,6 +184,9 @@ class MemberResult:
     score: float | None = None
     reason_left_out: str | None = None
     weight: float = 0.0
+    nominal_weight: float = 0.0
+    input_key: str = ""
+    architecture: str = ""
 
 
 @dataclass
@@ -198,6 +204,10 @@ class Prediction:
         model_set_version: Version string of the model set.
         model_set_synthetic: True when the models were trained on synthetic data.
         other_ensembles: Results of non-primary ensembles, by name.
+        model_set_name: Name of the model set (manifest ``name``).
+        model_set_identity: SHA-256 over the manifest and its weight hashes; changes
+            whenever the model set changes (use it to derive the device UID).
+        intended_use: Intended-use statement of the model set (for the report).
     """
 
     ensemble: str
@@ -210,3 +220,6 @@ class Prediction:
     model_set_version: str = ""
     model_set_synthetic: bool = False
     other_ensembles: dict[str, "Prediction"] = field(default_factory=dict)
+    model_set_name: str = ""
+    model_set_identity: str = ""
+    intended_use: str = ""
