@@ -1,0 +1,522 @@
+"""Results back to the radiologist: DICOM Comprehensive 3D SR (TID 1500).
+
+Two documents, both TID 1500 "Imaging Measurement Report" in the source study
+(IHE Radiology AI Results profile):
+
+* :func:`build_result_sr` - the analysed study. Content tree::
+
+    Imaging Measurement Report (TID 1500)
+      Language, device observer (TID 1001/1004), Procedure reported (CID 100)
+      Image Library (TID 1600): every T2 and FLAIR instance analysed
+      Imaging Measurements
+        Measurement Group (TID 1501) per ensemble: fused probability and the
+          decision threshold; Algorithm Identification (name, version,
+          threshold, fusion weights)
+        Measurement Group per used member: member probability (mean of folds)
+        Measurement Group "preprocessing quality": brain volume (ml) and
+          registration metric; algorithm = brain-extraction method
+      Qualitative Evaluations (TID 1500 row 12): predicted outcome (CODE),
+        analysed series UIDs, members used / left out (with reason), quality
+        notes, brain-extraction method, usage statements (TEXT)
+
+  The predicted class sits at document level rather than inside a TID 1501
+  group because PixelMed's validator reports a qualitative evaluation inside
+  TID 1501 as "not in template"; TID 1500 row 12 is the place made for it.
+
+* :func:`build_not_analysable_sr` - the study could not be analysed; same
+  template, only a Qualitative Evaluations container saying why (and which
+  series were analysed, if any were selected).
+
+Both carry PRELIMINARY / UNVERIFIED flags, the private coding scheme of
+:mod:`operators.private_codes`, a device observer whose UID is derived from the
+model-set identity (a new model set gives a new device UID), and one
+Contributing Equipment item for the app (highdicom adds one more for the
+acquisition device of the source images).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from operators import private_codes as pc
+from operators.datatypes import Preprocessed, Prediction, QualityFlag, Role, SelectedSeries
+from operators.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+RESEARCH_USE_TEXT = "Research use only. Not for diagnosis."
+SYNTHETIC_MODELS_TEXT = "Models trained on synthetic data; not a clinical model."
+#: CID 100 entry; CID 100 has no brain MRI code (LN 24590-2 is rejected by validators).
+PROCEDURE_REPORTED = Code("25056-3", "LN", "MRI unspecified body region")
+UNITY = Code("1", "UCUM", "no units")
+MILLILITER = Code("ml", "UCUM", "milliliter")
+DEFAULT_SR_SERIES_NUMBER = 9001
+LANGUAGE = Code("en-US", "RFC5646", "English (United States)")
+
+# Fixed namespace for name-based (UUID v5) UIDs of this app; never change it,
+# or every device UID changes.
+_UID_NAMESPACE = uuid.UUID("6f3d1c2e-8a4b-5c7d-9e0f-1a2b3c4d5e6f")
+
+# Patient/study attributes highdicom reads unconditionally from the first evidence item.
+_TYPE2_SOURCE_ATTRIBUTES = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+    "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+)
+
+
+@dataclass(frozen=True)
+class AppIdentity:
+    """How the app names itself in the documents it writes.
+
+    Attributes:
+        name: Device observer name and algorithm family.
+        manufacturer: Manufacturer (0008,0070) and device observer manufacturer.
+        model_name: Manufacturer's Model Name of the app.
+        version: Software version of the app.
+        institution_name: Optional Institution Name written into the SR.
+        serial_number: Device serial number; default derives from the model set.
+    """
+
+    name: str = "TSC Epilepsy Outcome"
+    manufacturer: str = "tsc-epilepsy-outcome open-source project"
+    model_name: str = "tsc-epilepsy-outcome"
+    version: str = ""
+    institution_name: str | None = None
+    serial_number: str | None = None
+
+    def resolved_version(self) -> str:
+        """The version given, or the installed package's version, or ``"0+unknown"``."""
+        if self.version:
+            return self.version
+        try:
+            from importlib.metadata import version
+            return version("tsc-epilepsy-outcome")
+        except Exception:
+            return "0+unknown"
+
+
+def uid_from_identity(*parts: str) -> str:
+    """A deterministic UID (``2.25.<UUID v5>``) for the given identity strings."""
+    return "2.25." + str(uuid.uuid5(_UID_NAMESPACE, "\x1f".join(parts)).int)
+
+
+def model_set_identity(prediction: Prediction | None) -> str:
+    """A string that changes whenever the model set changes.
+
+    Uses an explicit identity from the prediction when the models stage provides
+    one (``model_set_identity``, ``model_set_id`` or ``model_set_sha256``), else
+    the ensemble, model-set version and member names.
+    """
+    if prediction is None:
+        return "no-model-set"
+    for attribute in ("model_set_identity", "model_set_id", "model_set_sha256"):
+        value = getattr(prediction, attribute, None)
+        if value:
+            return str(value)
+    members = ",".join(sorted(m.name for m in prediction.members))
+    return f"{prediction.ensemble}|{prediction.model_set_version}|{members}"
+
+
+def device_observer_uid(prediction: Prediction | None) -> str:
+    """Device Observer UID: one per model set, stable across runs and hosts."""
+    return uid_from_identity("device-observer", model_set_identity(prediction))
+
+
+def _serial_number(app: AppIdentity, prediction: Prediction | None) -> str:
+    if app.serial_number:
+        return app.serial_number
+    return uuid.uuid5(_UID_NAMESPACE, model_set_identity(prediction)).hex[:16].upper()
+
+
+def _observation_context(app: AppIdentity, prediction: Prediction | None) -> hd.sr.ObservationContext:
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=device_observer_uid(prediction),
+        name=app.name,
+        manufacturer_name=app.manufacturer,
+        model_name=app.model_name,
+        serial_number=_serial_number(app, prediction),
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+
+
+def _contributing_equipment(app: AppIdentity, prediction: Prediction | None,
+                            description: str) -> hd.ContributingEquipment:
+    return hd.ContributingEquipment(
+        manufacturer=app.manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=app.model_name,
+        software_versions=app.resolved_version(),
+        device_serial_number=_serial_number(app, prediction),
+        institution_name=app.institution_name,
+        contribution_description=description,
+    )
+
+
+def _text(name: Code, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=name, value=value,
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
+def _code(name: Code, value: Code) -> hd.sr.CodeContentItem:
+    return hd.sr.CodeContentItem(name=name, value=value,
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+
+
+def _qualitative_container(items: Sequence[hd.sr.ContentItem]) -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(
+        name=Code("C0034375", "UMLS", "Qualitative Evaluations"),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(list(items))
+    return container
+
+
+def _report_root(app: AppIdentity, prediction: Prediction | None,
+                 image_datasets: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    """Root container with rows 1-5 of TID 1500 (language, observer, procedure, library)."""
+    root = hd.sr.ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport,
+                                      template_id="1500")
+    items: list[Any] = []
+    items.extend(hd.sr.LanguageOfContentItemAndDescendants(LANGUAGE))
+    items.extend(_observation_context(app, prediction))
+    items.append(hd.sr.CodeContentItem(
+        name=codes.DCM.ProcedureReported, value=PROCEDURE_REPORTED,
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD))
+    if image_datasets:
+        items.extend(hd.sr.ImageLibrary(list(image_datasets)))
+    root.ContentSequence = hd.sr.ContentSequence(items)
+    return root
+
+
+def _usage_statements(prediction: Prediction | None) -> list[str]:
+    statements = [RESEARCH_USE_TEXT]
+    if prediction is not None and prediction.model_set_synthetic:
+        statements.append(SYNTHETIC_MODELS_TEXT)
+    return statements
+
+
+def _series_by_role(selected_series: Sequence[SelectedSeries]) -> dict[Role, SelectedSeries]:
+    by_role: dict[Role, SelectedSeries] = {}
+    for series in selected_series:
+        if series.role in by_role:
+            raise ValueError(f"Two series selected for role {series.role.value}: "
+                             f"{by_role[series.role].series_instance_uid} and "
+                             f"{series.series_instance_uid}")
+        by_role[series.role] = series
+    return by_role
+
+
+def _analysed_series_items(by_role: dict[Role, SelectedSeries]) -> list[hd.sr.TextContentItem]:
+    items = []
+    if Role.T2 in by_role:
+        items.append(_text(pc.ANALYSED_T2_SERIES, by_role[Role.T2].series_instance_uid))
+    if Role.FLAIR in by_role:
+        items.append(_text(pc.ANALYSED_FLAIR_SERIES, by_role[Role.FLAIR].series_instance_uid))
+    return items
+
+
+def _quality_note(flag: QualityFlag) -> str:
+    return f"[{flag.severity}] {flag.code}: {flag.message}"
+
+
+def _format_weight(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _ensemble_group(prediction: Prediction, study_uid: str, version: str
+                    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    weights = ",".join(f"{m.name}:{_format_weight(m.weight)}" for m in prediction.members if m.used)
+    parameters = [
+        f"threshold={prediction.threshold:.4g}",
+        "fusion=weighted average of member probabilities",
+        f"weights={weights}",
+        f"weights_renormalised={str(prediction.weights_renormalised).lower()}",
+    ]
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=prediction.ensemble, version=prediction.model_set_version or version,
+        parameters=parameters)
+    measurements = [
+        hd.sr.Measurement(name=pc.PROBABILITY_UNCONTROLLED, value=float(prediction.fused_score),
+                          unit=UNITY),
+        hd.sr.Measurement(name=pc.DECISION_THRESHOLD, value=float(prediction.threshold), unit=UNITY),
+    ]
+    spread = prediction.agreement.get("member_std") if prediction.agreement else None
+    if spread is not None:
+        measurements.append(hd.sr.Measurement(
+            name=pc.MEMBER_AGREEMENT, value=float(spread), unit=UNITY,
+            derivation=codes.SCT.StandardDeviation))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            identifier=f"ensemble {prediction.ensemble}",
+            uid=uid_from_identity("ensemble", study_uid, prediction.ensemble,
+                                  model_set_identity(prediction))),
+        finding_type=pc.ASM_OUTCOME_PROGNOSIS,
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+
+
+def _member_groups(prediction: Prediction, study_uid: str, version: str
+                   ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    groups = []
+    for member in prediction.members:
+        if not member.used or member.score is None:
+            continue
+        parameters = [f"ensemble={prediction.ensemble}", f"weight={_format_weight(member.weight)}",
+                      f"folds={len(member.fold_scores)}"]
+        algorithm = hd.sr.AlgorithmIdentification(
+            name=member.name, version=prediction.model_set_version or version, parameters=parameters)
+        derivation = codes.SCT.Mean if len(member.fold_scores) > 1 else None
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                identifier=f"member {member.name}",
+                uid=uid_from_identity("member", study_uid, prediction.ensemble, member.name,
+                                      model_set_identity(prediction))),
+            finding_type=pc.ASM_OUTCOME_PROGNOSIS,
+            algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(
+                name=pc.PROBABILITY_UNCONTROLLED, value=float(member.score), unit=UNITY,
+                derivation=derivation)],
+        ))
+    return groups
+
+
+def _quality_group(preprocessed: Preprocessed, study_uid: str, version: str
+                   ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=preprocessed.brain_extraction_method or "unknown", version=version)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            identifier="preprocessing quality",
+            uid=uid_from_identity("quality", study_uid)),
+        algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Brain)],
+        measurements=[
+            hd.sr.Measurement(name=codes.SCT.Volume, value=float(preprocessed.brain_volume_ml),
+                              unit=MILLILITER),
+            hd.sr.Measurement(name=pc.REGISTRATION_METRIC,
+                              value=float(preprocessed.registration_metric), unit=UNITY),
+        ],
+    )
+
+
+def _member_items(prediction: Prediction) -> list[hd.sr.TextContentItem]:
+    items = []
+    for member in prediction.members:
+        if member.used:
+            items.append(_text(pc.ENSEMBLE_MEMBER_USED, member.name))
+        else:
+            reason = member.reason_left_out or "not given"
+            items.append(_text(pc.ENSEMBLE_MEMBER_NOT_USED, f"{member.name}: {reason}"))
+    return items
+
+
+def _patient_study_source(dataset: Dataset) -> Dataset:
+    """A shallow copy of ``dataset`` with the Type 2 attributes highdicom needs present."""
+    source = Dataset()
+    for element in dataset:
+        if element.tag.group != 0x7FE0:
+            source.add(element)
+    source.file_meta = getattr(dataset, "file_meta", Dataset())
+    for keyword in _TYPE2_SOURCE_ATTRIBUTES:
+        if keyword not in source:
+            setattr(source, keyword, None)
+    return source
+
+
+def _evidence(datasets: Sequence[Dataset]) -> list[Dataset]:
+    if not datasets:
+        raise ValueError("No source instance given: the SR needs the study's patient/study module")
+    return [_patient_study_source(datasets[0]), *datasets[1:]]
+
+
+def _finish(sr: hd.sr.Comprehensive3DSR, app: AppIdentity, series_description: str) -> None:
+    pc.declare_private_scheme(sr)
+    sr.SeriesDescription = series_description
+    sr.ManufacturerModelName = app.model_name
+    sr.SoftwareVersions = app.resolved_version()
+
+
+def build_result_sr(
+    prediction: Prediction,
+    selected_series: Sequence[SelectedSeries],
+    preprocessed: Preprocessed | None = None,
+    *,
+    app: AppIdentity | None = None,
+    series_number: int = DEFAULT_SR_SERIES_NUMBER,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 result SR of an analysed study.
+
+    Args:
+        prediction: The fused prediction (members, scores, threshold, model set).
+        selected_series: The T2 and FLAIR series analysed (their datasets are the
+            evidence and image library; pixel data is not copied).
+        preprocessed: Quality numbers, flags and brain-extraction method, if available.
+        app: How the app identifies itself; defaults to :class:`AppIdentity`.
+        series_number: Series Number of the new SR series.
+        series_instance_uid: UID of the new series (generated when None).
+        sop_instance_uid: UID of the SR instance (generated when None).
+
+    Returns:
+        The SR document (a ``pydicom.Dataset`` subclass), ready to save.
+
+    Raises:
+        ValueError: When no series is given or a role is given twice.
+    """
+    app = app or AppIdentity()
+    version = app.resolved_version()
+    by_role = _series_by_role(selected_series)
+    image_datasets = [ds for role in (Role.T2, Role.FLAIR) if role in by_role
+                      for ds in by_role[role].datasets]
+    evidence = _evidence(image_datasets)
+    study_uid = str(evidence[0].StudyInstanceUID)
+
+    root = _report_root(app, prediction, image_datasets)
+    groups = [_ensemble_group(prediction, study_uid, version)]
+    for name, other in (prediction.other_ensembles or {}).items():
+        groups.append(_ensemble_group(other, study_uid, version))
+    groups.extend(_member_groups(prediction, study_uid, version))
+    if preprocessed is not None:
+        groups.append(_quality_group(preprocessed, study_uid, version))
+    measurements = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImagingMeasurements, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    measurements.ContentSequence = hd.sr.ContentSequence(
+        [item for group in groups for item in group])
+    root.ContentSequence.append(measurements)
+
+    outcome = pc.UNCONTROLLED if prediction.predicted_uncontrolled else pc.CONTROLLED
+    evaluations: list[Any] = [_code(pc.PREDICTED_OUTCOME, outcome)]
+    evaluations.extend(_analysed_series_items(by_role))
+    evaluations.extend(_member_items(prediction))
+    if prediction.weights_renormalised:
+        evaluations.append(_text(pc.QUALITY_NOTE, "[info] WEIGHTS_RENORMALISED: ensemble weights "
+                                 "renormalised over the members that could be run"))
+    if preprocessed is not None:
+        evaluations.append(_text(pc.BRAIN_EXTRACTION_METHOD,
+                                 preprocessed.brain_extraction_method or "unknown"))
+        evaluations.extend(_text(pc.QUALITY_NOTE, _quality_note(f)) for f in preprocessed.flags)
+    evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
+    root.ContentSequence.append(_qualitative_container(evaluations))
+
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=root,
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=1,
+        manufacturer=app.manufacturer,
+        institution_name=app.institution_name,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[_contributing_equipment(
+            app, prediction, f"AI prognosis {prediction.ensemble} (research use only)")],
+    )
+    _finish(sr, app, f"AI {prediction.ensemble} epilepsy outcome (research)")
+    logger.info("Result SR %s built for study %s: %s p=%.3f", sr.SOPInstanceUID, study_uid,
+                "uncontrolled" if prediction.predicted_uncontrolled else "controlled",
+                prediction.fused_score)
+    return sr
+
+
+def build_not_analysable_sr(
+    error: PipelineError,
+    source_datasets: Sequence[Dataset],
+    *,
+    selected_series: Sequence[SelectedSeries] = (),
+    quality_flags: Sequence[QualityFlag] = (),
+    prediction: Prediction | None = None,
+    app: AppIdentity | None = None,
+    series_number: int = DEFAULT_SR_SERIES_NUMBER,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the short TID 1500 SR that says why a study could not be analysed.
+
+    The image library lists the instances of the selected T2/FLAIR series when
+    selection got that far (e.g. a failed quality check), and is left out
+    otherwise: TID 1500 makes it optional, and listing every instance of a study
+    in which no suitable series was found would point the reader at images that
+    were not analysed. All ``source_datasets`` are recorded as evidence (Current
+    Requested Procedure Evidence), i.e. what the app was given.
+
+    Args:
+        error: The failure; its ``stage`` and ``reason`` are reported verbatim.
+        source_datasets: Any instances of the study (headers suffice); the first
+            gives the patient and study modules.
+        selected_series: Series selected before the failure, if any.
+        quality_flags: Quality notes known at the time of failure.
+        prediction: Gives the model-set identity (device UID) when known.
+        app: How the app identifies itself.
+        series_number: Series Number of the new SR series.
+        series_instance_uid: UID of the new series (generated when None).
+        sop_instance_uid: UID of the SR instance (generated when None).
+
+    Returns:
+        The SR document.
+
+    Raises:
+        ValueError: When no source dataset is given.
+    """
+    app = app or AppIdentity()
+    by_role = _series_by_role(selected_series)
+    image_datasets = [ds for role in (Role.T2, Role.FLAIR) if role in by_role
+                      for ds in by_role[role].datasets]
+    seen = {str(ds.SOPInstanceUID) for ds in image_datasets}
+    others = [ds for ds in source_datasets if str(ds.SOPInstanceUID) not in seen]
+    evidence = _evidence([*others, *image_datasets])
+
+    root = _report_root(app, prediction, image_datasets)
+    evaluations: list[Any] = [
+        _code(pc.ANALYSIS_STATUS, pc.NOT_ANALYSABLE),
+        _text(pc.REASON_NOT_ANALYSABLE, error.reason),
+        _text(pc.FAILED_STAGE, error.stage),
+    ]
+    evaluations.extend(_analysed_series_items(by_role))
+    evaluations.extend(_text(pc.QUALITY_NOTE, _quality_note(f)) for f in quality_flags)
+    evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
+    root.ContentSequence.append(_qualitative_container(evaluations))
+
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=root,
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=1,
+        manufacturer=app.manufacturer,
+        institution_name=app.institution_name,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[_contributing_equipment(
+            app, prediction, "AI prognosis not performed: study not analysable (research use only)")],
+    )
+    _finish(sr, app, "AI epilepsy outcome: not analysable")
+    logger.info("Not-analysable SR %s built for study %s (stage %s)", sr.SOPInstanceUID,
+                sr.StudyInstanceUID, error.stage)
+    return sr
+
+
+def save_sr(sr: Dataset, output_folder: Path) -> Path:
+    """Write ``sr`` as ``<SOPInstanceUID>.dcm`` in ``output_folder`` and return the path."""
+    output_folder.mkdir(parents=True, exist_ok=True)
+    path = output_folder / f"{sr.SOPInstanceUID}.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    return path
