@@ -75,3 +75,30 @@ class InferenceError(PipelineError):
     """No ensemble member could be run on this study."""
 
     stage = "inference"
+
+
+class NoSuitableSeriesError(SeriesSelectionError):
+    """No series qualifies for a role; ``candidates`` lists what was found and why each was refused.
+
+    Attributes:
+        role: The role that could not be filled (``"T2"`` or ``"FLAIR"``).
+        candidates: Per-series scores and reasons (``CandidateScore`` objects).
+    """
+
+    def __init__(self, reason: str, *, role: str = "", candidates: tuple = ()) -> None:
+        super().__init__(reason)
+        self.role = role
+        self.candidates = candidates
+
+
+class AmbiguousSeriesError(SeriesSelectionError):
+    """Two or more series qualify equally well for a role; ``candidates`` names them."""
+
+    def __init__(self, reason: str, *, role: str = "", candidates: tuple = ()) -> None:
+        super().__init__(reason)
+        self.role = role
+        self.candidates = candidates
+
+
+class SeriesRulesError(SeriesSelectionError):
+    """A site's series-selection rules file is invalid."""
