@@ -102,3 +102,16 @@ class AmbiguousSeriesError(SeriesSelectionError):
 
 class SeriesRulesError(SeriesSelectionError):
     """A site's series-selection rules file is invalid."""
+
+
+class QualityCheckFailed(QualityCheckError):
+    """One or more hard quality checks failed; carries every quality flag of the study.
+
+    Attributes:
+        flags: All ``QualityFlag`` objects of the study (failures and warnings),
+            for the "not analysable" report.
+    """
+
+    def __init__(self, reason: str, *, flags: list | None = None, stage: str | None = None) -> None:
+        super().__init__(reason, stage=stage)
+        self.flags = list(flags or [])
