@@ -1,0 +1,447 @@
+"""The model manifest: which networks the app runs, on what inputs, with which weights.
+
+A model set is a folder holding ``manifest.yaml``, the fold weight files it
+names and a model card. ``load_model_set`` parses and validates the manifest
+into typed dataclasses and verifies every weight file's SHA-256 at start-up,
+so a broken model set fails before the first study arrives, with a
+``ModelConfigurationError`` that names the manifest and the offending field.
+
+Manifest format ``tsc-model-set/1`` (YAML)::
+
+    format: tsc-model-set/1
+    name: tsc-demo-synthetic          # free text identifier
+    version: 0.1.0
+    synthetic: true                   # trained on synthetic data (demo only)
+    intended_use: >-
+      Demonstration only ...
+    model_card: MODEL_CARD.md         # optional, relative to the folder
+    preprocessing: {...}              # optional, free-form description (shown in the card)
+    grids:                            # model input grids (operators.model_grid.GridSpec)
+      wae:  {shape: [128, 128, 128], spacing_mm: [1.5, 1.5, 1.5]}
+      etsc: {shape: [256, 256, 128], spacing_mm: [0.75, 0.75, 1.5]}
+    members:
+      flair_wae:
+        architecture: resnet3d-34     # operators.networks.ARCHITECTURES
+        hyperparameters: {}           # operators.networks hyperparameters
+        input: flair@wae              # <contrast>@<grid>, contrast in t2 | flair | flair3; or "clinical"
+        folds:                        # one state_dict (torch.save) per cross-validation fold
+          - {file: weights/flair_wae.fold0.pt, sha256: <64 hex>}
+      clinical:
+        architecture: clinical-fcnn
+        input: clinical
+        folds: [...]
+    ensembles:
+      WAE-Net:  {weights: {t2_wae: 0.25, flair_wae: 0.25, flair3_wae: 0.25, clinical: 0.25}, threshold: 0.5}
+      eTSC-Net: {weights: {t2_etsc: 0.6, flair_etsc: 0.4}, threshold: 0.5}
+    primary: WAE-Net
+
+Ensemble weights must be non-negative and sum to 1 (within 1e-6). The model
+set's identity (``ModelSet.identity``) is the SHA-256 of the canonical JSON
+form of the manifest (which includes every weight file's hash); it changes
+whenever anything that affects a score changes, so the SR writer can derive a
+new device UID from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from operators.errors import ModelConfigurationError
+from operators.model_grid import GridSpec
+from operators.networks import ARCHITECTURES, CLINICAL_FCNN, IMAGE_ARCHITECTURES, check_hyperparameters
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "tsc-model-set/1"
+MANIFEST_NAME = "manifest.yaml"
+CLINICAL_INPUT = "clinical"
+CONTRASTS = ("t2", "flair", "flair3")
+# Five stride-2 stages: smaller grids collapse below the kernels' size.
+MIN_GRID_SIZE = {"resnet3d-34": 16, "efficientnet3d-b0": 32}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class FoldWeights:
+    """One fold model's weight file.
+
+    Attributes:
+        path: Absolute path of the ``torch.save``d state dict.
+        sha256: Expected SHA-256 (lower-case hex) of the file.
+        relpath: The path as written in the manifest (relative to the model set folder).
+    """
+
+    path: Path
+    sha256: str
+    relpath: str
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One ensemble member: a network trained per fold on one input.
+
+    Attributes:
+        name: Member name (key in ``members``).
+        architecture: One of ``operators.networks.ARCHITECTURES``.
+        hyperparameters: Architecture hyperparameters.
+        input_key: ``"<contrast>@<grid>"`` or ``"clinical"``.
+        contrast: ``"t2"``, ``"flair"``, ``"flair3"`` or None for the clinical member.
+        grid: The input grid (None for the clinical member).
+        folds: Fold weight files (their predictions are averaged).
+    """
+
+    name: str
+    architecture: str
+    hyperparameters: dict[str, Any]
+    input_key: str
+    contrast: str | None
+    grid: GridSpec | None
+    folds: tuple[FoldWeights, ...]
+
+    @property
+    def is_clinical(self) -> bool:
+        return self.input_key == CLINICAL_INPUT
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """A weighted-average late fusion of members.
+
+    Attributes:
+        name: Ensemble name (e.g. ``"WAE-Net"``).
+        weights: Member name -> weight (non-negative, sum 1).
+        threshold: Decision threshold on the fused probability.
+        description: Optional free text.
+    """
+
+    name: str
+    weights: dict[str, float]
+    threshold: float = 0.5
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """A validated model set.
+
+    Attributes:
+        root: Folder holding the manifest.
+        manifest_path: The manifest file.
+        name / version: Identification of the model set.
+        synthetic: True when trained on synthetic data (every report must say so).
+        intended_use: Intended-use statement from the manifest.
+        grids: Input grids by name.
+        members: Members by name.
+        ensembles: Ensembles by name.
+        primary: Name of the primary ensemble.
+        identity: SHA-256 over the canonical manifest (includes weight hashes).
+        model_card: Path of the model card, if any.
+        preprocessing: Free-form preprocessing description.
+    """
+
+    root: Path
+    manifest_path: Path
+    name: str
+    version: str
+    synthetic: bool
+    intended_use: str
+    grids: dict[str, GridSpec]
+    members: dict[str, MemberSpec]
+    ensembles: dict[str, EnsembleSpec]
+    primary: str
+    identity: str
+    model_card: Path | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary_ensemble(self) -> EnsembleSpec:
+        return self.ensembles[self.primary]
+
+    def input_keys(self) -> dict[str, tuple[str, GridSpec]]:
+        """Image input keys the members need: key -> (contrast, grid)."""
+        return {m.input_key: (m.contrast, m.grid) for m in self.members.values()  # type: ignore[misc]
+                if not m.is_clinical}
+
+    def needs_clinical(self) -> bool:
+        return any(m.is_clinical for m in self.members.values())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def canonical_identity(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON form of a parsed manifest."""
+    blob = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(blob.encode("ascii")).hexdigest()
+
+
+def parse_input_key(key: str) -> tuple[str | None, str | None]:
+    """Split ``"flair@wae"`` into ``("flair", "wae")``; ``"clinical"`` -> ``(None, None)``.
+
+    Raises:
+        ValueError: Not of the form ``<contrast>@<grid>`` with a known contrast.
+    """
+    if key == CLINICAL_INPUT:
+        return None, None
+    contrast, sep, grid = key.partition("@")
+    if not sep or contrast not in CONTRASTS or not grid:
+        raise ValueError(f"input must be 'clinical' or '<contrast>@<grid>' with contrast in {CONTRASTS}, "
+                         f"got {key!r}")
+    return contrast, grid
+
+
+def load_model_set(path: str | Path, *, verify_checksums: bool = True) -> ModelSet:
+    """Load, validate and (by default) checksum a model set.
+
+    Args:
+        path: The model set folder (holding ``manifest.yaml``) or the manifest file.
+        verify_checksums: Hash every weight file and compare with the manifest.
+
+    Returns:
+        The validated ``ModelSet``.
+
+    Raises:
+        ModelConfigurationError: Missing/unreadable manifest, a missing or invalid
+            field (the message names the field path), a missing weight file or a
+            checksum mismatch.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST_NAME if path.is_dir() else path
+    if not manifest_path.is_file():
+        raise ModelConfigurationError(f"model manifest not found: {manifest_path}")
+    try:
+        data = yaml.safe_load(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelConfigurationError(f"{manifest_path}: cannot be read as YAML ({exc})") from exc
+    model_set = _parse(data, manifest_path)
+    if verify_checksums:
+        verify_weight_files(model_set)
+    logger.info("model set %s %s loaded (identity %s, %d members, primary %s, synthetic=%s)",
+                model_set.name, model_set.version, model_set.identity[:12], len(model_set.members),
+                model_set.primary, model_set.synthetic)
+    return model_set
+
+
+def verify_weight_files(model_set: ModelSet) -> None:
+    """Check that every fold weight file exists and matches its SHA-256.
+
+    Raises:
+        ModelConfigurationError: Naming the manifest, member, fold and file.
+    """
+    for member in model_set.members.values():
+        for k, fold in enumerate(member.folds):
+            where = f"{model_set.manifest_path}: members.{member.name}.folds[{k}]"
+            if not fold.path.is_file():
+                raise ModelConfigurationError(f"{where}: weight file not found: {fold.path}")
+            actual = sha256_file(fold.path)
+            if actual != fold.sha256:
+                raise ModelConfigurationError(
+                    f"{where}: checksum mismatch for {fold.path.name}: manifest says {fold.sha256}, "
+                    f"file has {actual}")
+
+
+class _Fields:
+    """Typed field access that names the field path in every error."""
+
+    def __init__(self, manifest_path: Path) -> None:
+        self.manifest_path = manifest_path
+
+    def error(self, where: str, what: str) -> ModelConfigurationError:
+        return ModelConfigurationError(f"{self.manifest_path}: {where}: {what}")
+
+    def mapping(self, data: Any, where: str) -> Mapping[str, Any]:
+        if not isinstance(data, Mapping):
+            raise self.error(where, f"must be a mapping, got {type(data).__name__}")
+        return data
+
+    def get(self, data: Mapping[str, Any], key: str, where: str, typ: type | tuple[type, ...],
+            default: Any = ...) -> Any:
+        path = f"{where}.{key}" if where else key
+        if key not in data or data[key] is None:
+            if default is ...:
+                raise self.error(path, "missing")
+            return default
+        value = data[key]
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+            names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+            raise self.error(path, f"must be {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    def name(self, value: str, where: str) -> str:
+        if not _NAME.match(value):
+            raise self.error(where, f"invalid name {value!r} (letters, digits, '_', '.', '+', '-')")
+        return value
+
+
+def _parse(data: Any, manifest_path: Path) -> ModelSet:
+    f = _Fields(manifest_path)
+    root = manifest_path.parent.resolve()
+    data = f.mapping(data, "(top level)")
+    fmt = f.get(data, "format", "", str)
+    if fmt != MANIFEST_FORMAT:
+        raise f.error("format", f"unsupported format {fmt!r}, expected {MANIFEST_FORMAT!r}")
+    name = f.get(data, "name", "", str)
+    version = str(f.get(data, "version", "", (str, int, float)))
+    synthetic = f.get(data, "synthetic", "", bool)
+    intended_use = f.get(data, "intended_use", "", str).strip()
+    if not intended_use:
+        raise f.error("intended_use", "must not be empty")
+    preprocessing = dict(f.mapping(data.get("preprocessing") or {}, "preprocessing"))
+
+    grids: dict[str, GridSpec] = {}
+    for gname, gdata in f.mapping(data.get("grids") or {}, "grids").items():
+        where = f"grids.{gname}"
+        f.name(str(gname), where)
+        try:
+            grids[gname] = GridSpec.from_dict(gname, f.mapping(gdata, where))
+        except ValueError as exc:
+            raise f.error(where, str(exc)) from exc
+
+    members: dict[str, MemberSpec] = {}
+    members_data = f.mapping(f.get(data, "members", "", Mapping), "members")
+    if not members_data:
+        raise f.error("members", "no members")
+    for mname, mdata in members_data.items():
+        members[mname] = _parse_member(f, root, f.name(str(mname), f"members.{mname}"), mdata, grids)
+
+    ensembles: dict[str, EnsembleSpec] = {}
+    ens_data = f.mapping(f.get(data, "ensembles", "", Mapping), "ensembles")
+    if not ens_data:
+        raise f.error("ensembles", "no ensembles")
+    for ename, edata in ens_data.items():
+        ensembles[ename] = _parse_ensemble(f, f.name(str(ename), f"ensembles.{ename}"), edata, members)
+
+    primary = f.get(data, "primary", "", str)
+    if primary not in ensembles:
+        raise f.error("primary", f"{primary!r} is not an ensemble (have {sorted(ensembles)})")
+
+    card = data.get("model_card")
+    card_path = None
+    if card is not None:
+        card_path = (root / f.get(data, "model_card", "", str)).resolve()
+        if not card_path.is_file():
+            raise f.error("model_card", f"file not found: {card_path}")
+
+    return ModelSet(root=root, manifest_path=manifest_path, name=name, version=version, synthetic=synthetic,
+                    intended_use=intended_use, grids=grids, members=members, ensembles=ensembles,
+                    primary=primary, identity=canonical_identity(data), model_card=card_path,
+                    preprocessing=preprocessing)
+
+
+def _parse_member(f: _Fields, root: Path, name: str, mdata: Any, grids: Mapping[str, GridSpec]) -> MemberSpec:
+    where = f"members.{name}"
+    mdata = f.mapping(mdata, where)
+    arch = f.get(mdata, "architecture", where, str)
+    if arch not in ARCHITECTURES:
+        raise f.error(f"{where}.architecture", f"unknown {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+    hp = dict(f.mapping(mdata.get("hyperparameters") or {}, f"{where}.hyperparameters"))
+    try:
+        check_hyperparameters(arch, hp)
+    except ValueError as exc:
+        raise f.error(f"{where}.hyperparameters", str(exc)) from exc
+    key = f.get(mdata, "input", where, str)
+    try:
+        contrast, grid_name = parse_input_key(key)
+    except ValueError as exc:
+        raise f.error(f"{where}.input", str(exc)) from exc
+    grid = None
+    if contrast is None:
+        if arch != CLINICAL_FCNN:
+            raise f.error(f"{where}.input", f"'clinical' input needs architecture {CLINICAL_FCNN}, not {arch}")
+    else:
+        if arch not in IMAGE_ARCHITECTURES:
+            raise f.error(f"{where}.input", f"image input {key!r} needs an image architecture, not {arch}")
+        if grid_name not in grids:
+            raise f.error(f"{where}.input", f"grid {grid_name!r} is not declared under 'grids' "
+                                            f"(have {sorted(grids)})")
+        grid = grids[grid_name]
+        smallest = MIN_GRID_SIZE[arch]
+        if min(grid.shape) < smallest:
+            raise f.error(f"{where}.input", f"{arch} needs at least {smallest} voxels per axis, grid "
+                                            f"{grid_name!r} is {list(grid.shape)}")
+    folds_data = f.get(mdata, "folds", where, list)
+    if not folds_data:
+        raise f.error(f"{where}.folds", "at least one fold weight file is needed")
+    folds = []
+    for k, fd in enumerate(folds_data):
+        fw = f"{where}.folds[{k}]"
+        fd = f.mapping(fd, fw)
+        rel = f.get(fd, "file", fw, str)
+        digest = f.get(fd, "sha256", fw, str).lower()
+        if not _SHA256.match(digest):
+            raise f.error(f"{fw}.sha256", f"must be 64 hex digits, got {digest!r}")
+        p = (root / rel).resolve()
+        if root not in p.parents:
+            raise f.error(f"{fw}.file", f"{rel!r} points outside the model set folder")
+        folds.append(FoldWeights(path=p, sha256=digest, relpath=rel))
+    return MemberSpec(name=name, architecture=arch, hyperparameters=hp, input_key=key, contrast=contrast,
+                      grid=grid, folds=tuple(folds))
+
+
+def _parse_ensemble(f: _Fields, name: str, edata: Any, members: Mapping[str, MemberSpec]) -> EnsembleSpec:
+    where = f"ensembles.{name}"
+    edata = f.mapping(edata, where)
+    wdata = f.mapping(f.get(edata, "weights", where, Mapping), f"{where}.weights")
+    if not wdata:
+        raise f.error(f"{where}.weights", "no members")
+    weights: dict[str, float] = {}
+    for mname, w in wdata.items():
+        ww = f"{where}.weights.{mname}"
+        if mname not in members:
+            raise f.error(ww, f"unknown member (have {sorted(members)})")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise f.error(ww, f"must be a non-negative number, got {w!r}")
+        weights[mname] = float(w)
+    total = sum(weights.values())
+    if abs(total - 1.0) > 1e-6:
+        raise f.error(f"{where}.weights", f"must sum to 1, sum is {total:.6g}")
+    threshold = f.get(edata, "threshold", where, float, 0.5)
+    if not 0.0 < threshold < 1.0:
+        raise f.error(f"{where}.threshold", f"must be in (0, 1), got {threshold}")
+    return EnsembleSpec(name=name, weights=weights, threshold=threshold,
+                        description=str(edata.get("description") or ""))
+
+
+def write_manifest(manifest: Mapping[str, Any], folder: str | Path) -> Path:
+    """Write a manifest mapping as ``folder/manifest.yaml`` (atomically) and return its path.
+
+    The caller builds the mapping in the format above; ``load_model_set`` should
+    be used afterwards to validate it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / MANIFEST_NAME
+    tmp = out.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(_plain(manifest), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """Convert tuples and numpy scalars to plain YAML-safe types."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    return obj

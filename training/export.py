@@ -1,0 +1,98 @@
+"""Writing a model set folder in the format the app loads (``operators.model_manifest``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from operators.model_manifest import MANIFEST_FORMAT, ModelSet, load_model_set, sha256_file, write_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MemberExport:
+    """A trained member to export.
+
+    Attributes:
+        name: Member name.
+        architecture: Network architecture (``operators.networks``).
+        hyperparameters: Its hyperparameters.
+        input_key: ``"<contrast>@<grid>"`` or ``"clinical"``.
+        fold_files: Weight files (state dicts), one per fold; copied into the set.
+    """
+
+    name: str
+    architecture: str
+    hyperparameters: dict[str, Any]
+    input_key: str
+    fold_files: Sequence[Path]
+
+
+@dataclass
+class ModelSetExport:
+    """Everything ``write_model_set`` needs besides the members."""
+
+    name: str
+    version: str
+    synthetic: bool
+    intended_use: str
+    grids: dict[str, dict[str, Any]]
+    ensembles: dict[str, dict[str, Any]]
+    primary: str
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_model_set(folder: str | Path, meta: ModelSetExport, members: Sequence[MemberExport],
+                    model_card_text: str | None = None) -> ModelSet:
+    """Copy fold weights into ``folder/weights/``, write ``manifest.yaml`` (+ card) and load it back.
+
+    Returns:
+        The model set as the app loads it (validated and checksummed).
+    """
+    folder = Path(folder)
+    (folder / "weights").mkdir(parents=True, exist_ok=True)
+    members_out: dict[str, Any] = {}
+    for m in members:
+        folds = []
+        for k, src in enumerate(m.fold_files):
+            rel = f"weights/{m.name}.fold{k}.pt"
+            dst = folder / rel
+            if Path(src).resolve() != dst.resolve():
+                tmp = dst.with_suffix(".tmp")
+                tmp.write_bytes(Path(src).read_bytes())
+                os.replace(tmp, dst)
+            folds.append({"file": rel, "sha256": sha256_file(dst)})
+        members_out[m.name] = {"architecture": m.architecture, "hyperparameters": dict(m.hyperparameters),
+                               "input": m.input_key, "folds": folds}
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT, "name": meta.name, "version": meta.version, "synthetic": meta.synthetic,
+        "intended_use": meta.intended_use,
+    }
+    if model_card_text is not None:
+        (folder / "MODEL_CARD.md").write_text(model_card_text, encoding="utf-8")
+        manifest["model_card"] = "MODEL_CARD.md"
+    manifest.update({"preprocessing": meta.preprocessing, "grids": meta.grids, "members": members_out,
+                     "ensembles": meta.ensembles, "primary": meta.primary})
+    manifest.update(meta.extra)
+    write_manifest(manifest, folder)
+    model_set = load_model_set(folder)
+    logger.info("model set written to %s (identity %s)", folder, model_set.identity[:12])
+    return model_set
+
+
+def ensembles_mapping(ensembles: Mapping[str, Mapping[str, float]], thresholds: Mapping[str, float] | None = None,
+                      descriptions: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Build the manifest's ``ensembles`` mapping from weights per ensemble."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, weights in ensembles.items():
+        entry: dict[str, Any] = {"weights": {m: round(float(w), 6) for m, w in weights.items()},
+                                 "threshold": float((thresholds or {}).get(name, 0.5))}
+        if descriptions and name in descriptions:
+            entry["description"] = descriptions[name]
+        out[name] = entry
+    return out
