@@ -1,0 +1,7 @@
+"""``python -m app.node serve|status``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,302 @@
+"""Configuration of the DICOM node: a YAML file plus ``TSC_NODE_*`` environment overrides.
+
+The file has one mapping per section (``scp``, ``spool``, ``study``, ``worker``,
+``outbox``, ``logging``). Any scalar or list setting can be overridden by an
+environment variable named ``TSC_NODE_<SECTION>__<KEY>`` (double underscore
+between section and key), e.g. ``TSC_NODE_SCP__PORT=11112`` or
+``TSC_NODE_SCP__ALLOWED_CALLING_AES=PACS1,PACS2``. Lists are comma separated;
+destinations are written ``AE@host:port`` (``TSC_NODE_OUTBOX__DESTINATIONS=
+ORTHANC@127.0.0.1:4242``). Booleans accept 1/0, true/false, yes/no.
+See docs/dicom-node.md for the full reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+ENV_PREFIX = "TSC_NODE_"
+_AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+
+
+class ConfigError(ValueError):
+    """The node configuration is invalid; the message names the setting."""
+
+
+@dataclass
+class TlsConfig:
+    """TLS for the SCP (and, when ``use_for_outbox``, for outgoing associations).
+
+    Attributes:
+        enabled: Wrap accepted connections in TLS.
+        cert_file: PEM certificate of this node.
+        key_file: PEM private key of this node.
+        ca_file: PEM CA bundle; when set, peers must present a certificate signed by it.
+    """
+
+    enabled: bool = False
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+
+
+@dataclass
+class ScpConfig:
+    """The listening side (C-ECHO and C-STORE SCP)."""
+
+    ae_title: str = "TSCNODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_calling_aes: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)
+    max_associations: int = 64
+    max_pdu_size: int = 262144
+    network_timeout_s: float = 60.0
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    quickack: bool = True
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass
+class SpoolConfig:
+    """Where received instances, jobs, results and state are kept (one filesystem)."""
+
+    dir: str = "spool"
+    min_free_mb: float = 1024.0
+    fsync: bool = True
+    keep_done_inputs: bool = False
+
+
+@dataclass
+class StudyConfig:
+    """When a study counts as complete."""
+
+    quiet_period_s: float = 60.0
+    poll_interval_s: float = 1.0
+
+
+@dataclass
+class WorkerConfig:
+    """How studies are processed."""
+
+    processor: str = "app.pipeline:make_processor"
+    options: dict[str, Any] = field(default_factory=dict)
+    concurrency: int = 1
+    study_timeout_s: float = 1800.0
+    max_attempts: int = 2
+    startup_timeout_s: float = 600.0
+
+
+@dataclass
+class Destination:
+    """A C-STORE SCP results are sent to."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Destination":
+        """Parse ``AE@host:port`` (optionally suffixed ``+tls``)."""
+        m = re.fullmatch(r"\s*([^@]{1,16})@([^:]+):(\d+)(\+tls)?\s*", text)
+        if not m:
+            raise ConfigError(f"destination {text!r} is not AE@host:port")
+        return cls(m.group(1), m.group(2), int(m.group(3)), bool(m.group(4)))
+
+    @property
+    def name(self) -> str:
+        """Stable name used in the outbox (also a safe file-name component)."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.ae_title}@{self.host}_{self.port}")
+
+
+@dataclass
+class OutboxConfig:
+    """Delivery of results."""
+
+    destinations: list[Destination] = field(default_factory=list)
+    calling_ae_title: str = ""
+    retry_initial_s: float = 10.0
+    retry_max_s: float = 600.0
+    retry_horizon_s: float = 7 * 24 * 3600.0
+    poll_interval_s: float = 1.0
+
+
+@dataclass
+class LoggingConfig:
+    """Log output."""
+
+    format: str = "json"
+    level: str = "INFO"
+
+
+@dataclass
+class NodeConfig:
+    """The whole node configuration."""
+
+    scp: ScpConfig = field(default_factory=ScpConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.spool.dir)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        for name, ae in (("scp.ae_title", self.scp.ae_title),
+                         ("outbox.calling_ae_title", self.outbox.calling_ae_title or "X")):
+            if not _AE_RE.match(ae) or ae.strip() == "" or "\\" in ae:
+                raise ConfigError(f"{name}: {ae!r} is not a valid AE title (1-16 printable chars)")
+        if not (0 < self.scp.port < 65536):
+            raise ConfigError(f"scp.port: {self.scp.port} out of range")
+        if not self.scp.allowed_calling_aes:
+            raise ConfigError("scp.allowed_calling_aes: empty; list the PACS AE titles (or '*' for any)")
+        if self.scp.tls.enabled and not (self.scp.tls.cert_file and self.scp.tls.key_file):
+            raise ConfigError("scp.tls: enabled but cert_file/key_file not set")
+        if self.study.quiet_period_s < 0:
+            raise ConfigError("study.quiet_period_s must be >= 0")
+        if self.worker.concurrency < 1:
+            raise ConfigError("worker.concurrency must be >= 1")
+        if self.worker.study_timeout_s <= 0:
+            raise ConfigError("worker.study_timeout_s must be > 0")
+        if ":" not in self.worker.processor:
+            raise ConfigError(f"worker.processor: {self.worker.processor!r} is not 'module:attribute'")
+        if self.outbox.retry_initial_s <= 0 or self.outbox.retry_max_s < self.outbox.retry_initial_s:
+            raise ConfigError("outbox.retry_initial_s must be > 0 and <= outbox.retry_max_s")
+        if self.logging.format not in ("json", "text"):
+            raise ConfigError("logging.format must be 'json' or 'text'")
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{where}: {value!r} is not a boolean")
+    if typ in (int, float, str):
+        try:
+            return typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {value!r} is not a {typ.__name__}") from None
+    if origin is list:
+        (item_type,) = typing.get_args(typ)
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        if item_type is Destination:
+            return [Destination.parse(v) if isinstance(v, str) else _build(Destination, v, where)
+                    for v in value]
+        return [_coerce(v, item_type, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        return dict(value)
+    if dataclasses.is_dataclass(typ):
+        return _build(typ, value, where)
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _apply_env(cfg: NodeConfig, environ: Mapping[str, str]) -> None:
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        target: Any = cfg
+        for part in path[:-1]:
+            if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
+                raise ConfigError(f"{key}: no section {part!r}")
+            target = getattr(target, part)
+        leaf = path[-1]
+        if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
+            raise ConfigError(f"{key}: no setting {'.'.join(path)!r}")
+        hint = typing.get_type_hints(type(target))[leaf]
+        if typing.get_origin(hint) is dict:
+            raise ConfigError(f"{key}: mappings cannot be set from the environment")
+        setattr(target, leaf, _coerce(raw, hint, ".".join(path)))
+
+
+def load_config(path: str | os.PathLike[str] | None,
+                environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Read the YAML file (if given), apply ``TSC_NODE_*`` overrides and validate.
+
+    Args:
+        path: YAML configuration file, or None for defaults plus environment.
+        environ: Environment to read overrides from (default ``os.environ``).
+
+    Returns:
+        The validated configuration. A relative ``spool.dir`` is resolved against
+        the configuration file's folder.
+
+    Raises:
+        ConfigError: The file or an override is invalid.
+    """
+    data: Any = {}
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read configuration {p.name}: {exc}") from None
+        base = p.resolve().parent
+    cfg: NodeConfig = _build(NodeConfig, data, "")
+    _apply_env(cfg, os.environ if environ is None else environ)
+    spool = Path(cfg.spool.dir)
+    if not spool.is_absolute():
+        cfg.spool.dir = str(base / spool)
+    cfg.validate()
+    return cfg
+
+
+def config_reference() -> str:
+    """Every setting with its default and environment variable, for ``--help`` and the docs."""
+    lines = []
+    for section in dataclasses.fields(NodeConfig):
+        cls = section.type if isinstance(section.type, type) else typing.get_type_hints(NodeConfig)[section.name]
+        default = getattr(NodeConfig(), section.name)
+        for f in dataclasses.fields(cls):
+            value = getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                for sub in dataclasses.fields(value):
+                    lines.append(f"  {section.name}.{f.name}.{sub.name} = {getattr(value, sub.name)!r}"
+                                 f"  [{ENV_PREFIX}{section.name.upper()}__{f.name.upper()}__{sub.name.upper()}]")
+                continue
+            env = "" if isinstance(value, dict) else \
+                f"  [{ENV_PREFIX}{section.name.upper()}__{f.name.upper()}]"
+            lines.append(f"  {section.name}.{f.name} = {value!r}{env}")
+    return "\n".join(lines)

@@ -1,0 +1,377 @@
+"""Runs stable studies through the pipeline in long-lived worker processes.
+
+Design: each of ``concurrency`` slots owns one worker process (``spawn``
+context, own process group). The process imports and builds the processor once
+(models stay loaded between studies) and then takes jobs over a pipe. The
+parent waits for each job's answer with the per-study time limit; on a timeout
+or a crash it kills the whole process group and starts a fresh worker for the
+next study. A failure is therefore confined to the study that caused it: the
+study is quarantined with its reason, and a not-analysable SR is still sent.
+
+The processor is configured by dotted path ``module:attribute``: a class or
+factory called with the ``worker.options`` mapping, returning an object with
+``process(study_dir, output_dir) -> ProcessOutcome`` (see :class:`StudyProcessor`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from .fallback_sr import write_not_analysable_sr
+from .jobstore import read_json, write_json
+from .spool import Spool
+from .study_tracker import Job
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessOutcome:
+    """What processing one study produced.
+
+    Attributes:
+        analysed: True when a prediction was made.
+        reason: Why the study was not analysed (None when analysed).
+        result_files: DICOM files to send back (SR, derived series, PDF...).
+    """
+
+    analysed: bool
+    reason: str | None = None
+    result_files: list[Path] = field(default_factory=list)
+
+
+@runtime_checkable
+class StudyProcessor(Protocol):
+    """The pipeline as the node sees it."""
+
+    def process(self, study_dir: Path, output_dir: Path) -> ProcessOutcome:
+        """Analyse the DICOM files under ``study_dir``; write results under ``output_dir``."""
+        ...
+
+
+def load_processor(dotted: str, options: dict[str, Any]) -> StudyProcessor:
+    """Import ``module:attribute`` and call it with ``options`` to get a processor."""
+    module_name, _, attr = dotted.partition(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    processor = factory(dict(options))
+    if not callable(getattr(processor, "process", None)):
+        raise TypeError(f"{dotted} did not return an object with a process() method")
+    return processor
+
+
+def _worker_main(conn: Any, dotted: str, options: dict[str, Any], log_level: str,
+                 log_format: str = "json") -> None:
+    """Entry point of a worker process: build the processor once, then serve jobs."""
+    from .logs import setup_logging
+
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging(log_format, log_level)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    try:
+        processor = load_processor(dotted, options)
+    except BaseException as exc:
+        conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        study_dir, out_dir = Path(msg[0]), Path(msg[1])
+        try:
+            outcome = processor.process(study_dir, out_dir)
+            conn.send(("ok", {"analysed": bool(outcome.analysed), "reason": outcome.reason,
+                              "result_files": [str(p) for p in outcome.result_files]}))
+        except BaseException as exc:  # the parent decides what a failure means
+            logger.debug("processor raised:\n%s", traceback.format_exc())
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            stage = getattr(exc, "stage", None)
+            conn.send(("error", f"{stage + ': ' if stage else ''}{type(exc).__name__}: {reason}"))
+
+
+class WorkerFailure(Exception):
+    """Processing did not complete: timeout, crash or an exception in the processor."""
+
+
+class WorkerProcess:
+    """One long-lived worker process holding a loaded processor."""
+
+    def __init__(self, dotted: str, options: dict[str, Any], *, startup_timeout_s: float,
+                 log_level: str = "WARNING", log_format: str = "json") -> None:
+        self.log_format = log_format
+        self.dotted = dotted
+        self.options = options
+        self.startup_timeout_s = startup_timeout_s
+        self.log_level = log_level
+        self.proc: Any = None
+        self.conn: Any = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, name="tsc-node-worker",
+                                args=(child, self.dotted, self.options, self.log_level, self.log_format),
+                                daemon=True)
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        if not parent.poll(self.startup_timeout_s):
+            self.kill()
+            raise WorkerFailure(f"worker did not start within {self.startup_timeout_s:.0f} s")
+        try:
+            kind, detail = parent.recv()
+        except EOFError:
+            code = self.proc.exitcode
+            self.kill()
+            raise WorkerFailure(f"worker exited during start-up (exit code {code})") from None
+        if kind != "ready":
+            self.kill()
+            raise WorkerFailure(f"processor {self.dotted} could not be loaded: {detail}")
+        logger.info("worker ready", extra={"event": "worker_ready", "pid": self.proc.pid,
+                                           "processor": self.dotted})
+
+    def run(self, study_dir: Path, out_dir: Path, timeout_s: float) -> ProcessOutcome:
+        """Process one study; raise :class:`WorkerFailure` on timeout, crash or error."""
+        if not self.alive:
+            self.start()
+        self.conn.send((str(study_dir), str(out_dir)))
+        if not self.conn.poll(timeout_s):
+            self.kill()
+            raise WorkerFailure(f"processing exceeded the time limit of {timeout_s:.0f} s")
+        try:
+            kind, detail = self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(5)
+            code = self.proc.exitcode
+            self.kill()
+            raise WorkerFailure(f"worker process crashed (exit code {code})") from None
+        if kind == "error":
+            raise WorkerFailure(f"processor failed: {detail}")
+        files = [Path(p) for p in detail["result_files"]]
+        return ProcessOutcome(detail["analysed"], detail["reason"], files)
+
+    def kill(self) -> None:
+        """Kill the worker and everything it started."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.kill()
+        except Exception:
+            pass
+        self.proc.join(5)
+        if self.conn is not None:
+            self.conn.close()
+        self.proc, self.conn = None, None
+
+    def stop(self) -> None:
+        """Ask the worker to exit; kill it if it does not."""
+        if self.alive:
+            try:
+                self.conn.send(None)
+                self.proc.join(5)
+            except (OSError, BrokenPipeError):
+                pass
+        self.kill()
+
+
+class WorkerPool:
+    """Bounded-concurrency runner of jobs with quarantine and exactly-once hand-off.
+
+    Args:
+        spool: The spool (jobs, quarantine and done folders live there).
+        deliver: ``(job, files, analysed, reason) -> None``; durably hands results to
+            the outbox (files are moved). Called exactly once per finished job.
+        is_delivered: ``(job_id) -> dict | None``; the outbox record of a job whose
+            results were already handed over (a crash came between hand-off and clean-up).
+        processor: Dotted path of the processor factory.
+        options: Keyword mapping given to the processor factory.
+        concurrency: Number of worker processes.
+        study_timeout_s: Per-study time limit.
+        max_attempts: Runs of one study (interrupted by a crash of the node) before giving up.
+        startup_timeout_s: Time allowed for a worker to load the processor.
+        keep_done_inputs: Keep the instances of processed studies in ``done/``.
+    """
+
+    def __init__(self, spool: Spool, deliver: Callable[[Job, list[Path], bool, str | None], None],
+                 is_delivered: Callable[[str], dict[str, Any] | None], *, processor: str,
+                 options: dict[str, Any], concurrency: int, study_timeout_s: float,
+                 max_attempts: int, startup_timeout_s: float, keep_done_inputs: bool = False,
+                 log_level: str = "WARNING", log_format: str = "json") -> None:
+        self.log_format = log_format
+        self.spool = spool
+        self.deliver = deliver
+        self.is_delivered = is_delivered
+        self.processor = processor
+        self.options = options
+        self.concurrency = concurrency
+        self.study_timeout_s = study_timeout_s
+        self.max_attempts = max_attempts
+        self.startup_timeout_s = startup_timeout_s
+        self.keep_done_inputs = keep_done_inputs
+        self.log_level = log_level
+        self._queue: list[Job] = []
+        self._queued_ids: set[str] = set()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._workers: list[WorkerProcess] = []
+        self.running: dict[str, float] = {}
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if job.job_id in self._queued_ids:
+                return
+            self._queued_ids.add(job.job_id)
+            self._queue.append(job)
+            self._cv.notify()
+
+    def start(self) -> None:
+        for i in range(self.concurrency):
+            w = WorkerProcess(self.processor, self.options, startup_timeout_s=self.startup_timeout_s,
+                              log_level=self.log_level, log_format=self.log_format)
+            self._workers.append(w)
+            t = threading.Thread(target=self._slot, args=(w,), name=f"worker-slot-{i}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop taking jobs; interrupt running ones (they are resumed at the next start)."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        for w in self._workers:
+            w.kill()
+        for t in self._threads:
+            t.join(timeout_s)
+
+    def idle(self) -> bool:
+        with self._cv:
+            return not self._queue and not self.running
+
+    def _slot(self, worker: WorkerProcess) -> None:
+        backoff = 1.0
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                job = self._queue.pop(0)
+            try:
+                if not worker.alive:
+                    worker.start()
+                backoff = 1.0
+            except WorkerFailure as exc:
+                logger.error("worker could not start: %s; retrying in %.0f s", exc, backoff,
+                             extra={"event": "worker_start_failed"})
+                with self._cv:
+                    self._queue.insert(0, job)
+                    self._cv.wait(backoff)
+                backoff = min(backoff * 2, 300.0)
+                continue
+            with self._cv:
+                self.running[job.job_id] = time.time()
+            try:
+                self.run_job(job, worker)
+            except Exception:
+                logger.exception("job handling failed", extra={"event": "job_error",
+                                                                "job_id": job.job_id})
+            finally:
+                with self._cv:
+                    self.running.pop(job.job_id, None)
+                    self._queued_ids.discard(job.job_id)
+
+    def run_job(self, job: Job, worker: WorkerProcess) -> None:
+        """Run one job to a delivered result (or to quarantine)."""
+        tmp = self.spool.path("tmp")
+        delivered = self.is_delivered(job.job_id)
+        if delivered is not None:
+            self._finish(job, bool(delivered.get("analysed")), delivered.get("reason"))
+            return
+        record = read_json(job.record_path)
+        attempts = int(record.get("attempts", 0))
+        out_dir = job.path / "output"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir()
+        started = time.monotonic()
+        if attempts >= self.max_attempts:
+            analysed, reason, files = False, (f"processing was interrupted {attempts} times "
+                                              "(node crash or kill); not tried again"), []
+        else:
+            record.update(state="running", attempts=attempts + 1, started=time.time())
+            write_json(job.record_path, record, tmp, fsync=self.spool.fsync)
+            logger.info("processing study", extra={"event": "job_started", "job_id": job.job_id,
+                                                   "study_uid": job.study_uid,
+                                                   "attempt": attempts + 1})
+            try:
+                if self._stopping:
+                    raise WorkerFailure("node stopping")
+                outcome = worker.run(job.input_dir, out_dir, self.study_timeout_s)
+                analysed, reason, files = outcome.analysed, outcome.reason, outcome.result_files
+                files = [f for f in files if _inside(f, out_dir)]
+            except WorkerFailure as exc:
+                if self._stopping:
+                    # Interrupted by a graceful stop: not the study's fault, resumed at next start.
+                    record.update(state="queued", attempts=attempts)
+                    write_json(job.record_path, record, tmp, fsync=self.spool.fsync)
+                    return
+                analysed, reason, files = False, str(exc), []
+        if not analysed and not files:
+            try:
+                files = [write_not_analysable_sr(job.input_dir, reason or "unknown error",
+                                                 out_dir / "fallback")]
+            except Exception as exc:
+                logger.error("could not build the not-analysable SR: %s", exc,
+                             extra={"event": "fallback_sr_failed", "job_id": job.job_id})
+        self.deliver(job, files, analysed, reason)
+        self._finish(job, analysed, reason)
+        logger.info("study processed" if analysed else "study not analysable; quarantined",
+                    extra={"event": "job_finished", "job_id": job.job_id, "study_uid": job.study_uid,
+                           "analysed": analysed, "reason": reason, "results": len(files),
+                           "seconds": round(time.monotonic() - started, 3)})
+
+    def _finish(self, job: Job, analysed: bool, reason: str | None) -> None:
+        record = read_json(job.record_path)
+        record.update(state="done" if analysed else "failed", reason=reason, finished=time.time())
+        write_json(job.record_path, record, self.spool.path("tmp"), fsync=self.spool.fsync)
+        shutil.rmtree(job.path / "output", ignore_errors=True)
+        if analysed:
+            if not self.keep_done_inputs:
+                shutil.rmtree(job.input_dir, ignore_errors=True)
+            os.replace(job.path, self.spool.path("done") / job.job_id)
+        else:
+            write_json(job.path / "reason.json", {"job_id": job.job_id, "study_uid": job.study_uid,
+                                                  "reason": reason}, self.spool.path("tmp"),
+                       fsync=self.spool.fsync)
+            os.replace(job.path, self.spool.path("quarantine") / job.job_id)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(folder.resolve())
+        return Path(path).is_file()
+    except ValueError:
+        return False
