@@ -1,0 +1,792 @@
+"""Choose one T2 and one FLAIR series from a study: acquisition physics first, names second.
+
+Pure core: :func:`select_series` on a :class:`~operators.dicom_loading.LoadedStudy`.
+For every series :func:`series_features` reads the acquisition attributes (classic
+MR attributes, or the shared/per-frame functional groups of Enhanced MR):
+ScanningSequence, SequenceVariant, ScanOptions, RepetitionTime, EchoTime,
+InversionTime, MRAcquisitionType, ImageType, AcquisitionContrast, contrast agent,
+diffusion b-values, number of slice positions and orientation.
+
+Each series is then scored for each role by :func:`score_candidate`:
+
+1. *Exclusions* (the series is ineligible for both roles): not MR, DERIVED or
+   SECONDARY image type, localizer (ImageType LOCALIZER, several orientations
+   or too few slices), diffusion, post-contrast (by default), unreadable files.
+2. *Physics* per role (a failed check makes the series ineligible for that role;
+   an absent attribute is noted and scores nothing):
+   FLAIR = inversion recovery with TI in the FLAIR range, long TR, long TE;
+   T2 = no FLAIR-like inversion, long TR, long TE.
+3. *Preferences* add points: axial, more slices, spin echo, AcquisitionContrast,
+   and SeriesDescription/ProtocolName patterns (role name +, other role's name -,
+   decoy names -). Names can reorder eligible series but never make an
+   ineligible one eligible.
+
+The best eligible series wins; equal best scores raise
+:class:`~operators.errors.AmbiguousSeriesError` naming both, no eligible series
+raises :class:`~operators.errors.NoSuitableSeriesError` listing what was found.
+Defaults need no configuration; a site YAML file (format in
+``docs/series-selection.md``) can change thresholds, weights and name patterns,
+and force a series by description. Every decision is logged and returned as a
+:class:`~operators.datatypes.SelectionExplanation`.
+
+The thin operator :class:`SeriesSelectorOperator` is built on first access.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from pydicom import Dataset
+
+from operators.datatypes import CandidateScore, Role, SelectedSeries, SelectionExplanation
+from operators.dicom_loading import LoadedStudy, SeriesInfo
+from operators.errors import AmbiguousSeriesError, NoSuitableSeriesError, SeriesRulesError, SeriesSelectionError
+
+logger = logging.getLogger(__name__)
+
+TIE_EPSILON = 1e-6
+
+# Name patterns are Python regular expressions matched case-insensitively against
+# "SeriesDescription | ProtocolName | SequenceName". FLAIR names are tested before
+# T2 names, since most FLAIR names contain "T2" too.
+DEFAULT_RULES: dict[str, Any] = {
+    "version": 1,
+    "thresholds": {
+        "flair": {"ti_min_ms": 1400.0, "ti_max_ms": 3200.0, "tr_min_ms": 4000.0, "te_min_ms": 70.0},
+        "t2": {"tr_min_ms": 2000.0, "te_min_ms": 70.0, "te_max_ms": 400.0, "flair_like_ti_min_ms": 1400.0},
+        "min_slices": 8,
+        "max_oblique_deg": 45.0,
+    },
+    "exclude": {"derived": True, "localizer": True, "diffusion": True, "contrast": True, "incomplete": True},
+    "weights": {
+        "physics_check": 10.0,
+        "inversion_in_range": 20.0,
+        "acquisition_contrast": 20.0,
+        "spin_echo": 5.0,
+        "axial": 20.0,
+        "per_slice": 0.25,
+        "max_slices_counted": 60,
+        "name_role": 15.0,
+        "name_other_role": -15.0,
+        "name_decoy": -20.0,
+        "contrast_penalty": -40.0,
+    },
+    "names": {
+        "flair": [
+            r"flair", r"dark[\s_-]*fluid", r"tirm", r"\bt2[\s_-]*fl", r"fluid[\s_-]*att", r"\bda[\s_-]?fl",
+            r"wasser[\s_-]*unterdr", r"水抑制", r"液体衰减", r"黑水", r"supresi[oó]n de (agua|l[ií]quido)",
+        ],
+        "t2": [
+            r"\bt2(?![\s_-]*\*)", r"\btse\b", r"\bfse\b", r"turbo[\s_-]*spin", r"\bt2w", r"t2[\s_-]*gewichtet",
+            r"potenciad[oa] en t2", r"ponderad[oa] en t2", r"t2加权", r"t2wi", r"\bpd[\s_-]*t2\b",
+        ],
+        "decoy": [
+            r"\bdwi\b", r"diff", r"\badc\b", r"trace", r"\bb[\s_-]?1000\b", r"\bep2d\b",
+            r"\bloc(alizer)?\b", r"scout", r"survey", r"3[\s_-]*pl", r"übersicht", r"定位",
+            r"\bt1\b", r"\bt1w", r"mprage", r"\btfl\b", r"spgr", r"bravo",
+            r"\bpost\b", r"\+\s*c\b", r"\bgad", r"\bkm\b", r"contrast", r"kontrast", r"增强",
+            r"\broi\b", r"derived", r"export", r"\bmpr\b", r"reformat", r"\bmip\b", r"\bsub\b",
+            r"\bswi\b", r"\bt2\s*\*", r"t2star", r"\bhemo", r"\bperf", r"\basl\b", r"\bbold\b",
+        ],
+    },
+    "force": {"t2": None, "flair": None},
+}
+
+
+@dataclass(frozen=True)
+class SeriesRules:
+    """Validated selection rules (defaults merged with a site file)."""
+
+    raw: dict[str, Any]
+    name_patterns: dict[str, tuple[re.Pattern[str], ...]]
+    force: dict[str, re.Pattern[str] | None]
+
+    @property
+    def thresholds(self) -> dict[str, Any]:
+        return self.raw["thresholds"]
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        return self.raw["weights"]
+
+    @property
+    def exclude(self) -> dict[str, bool]:
+        return self.raw["exclude"]
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any], path: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        where = f"{path}{key}"
+        if key not in base and where not in ("names.replace_defaults",):
+            raise SeriesRulesError(f"unknown key '{where}' in series rules")
+        if isinstance(base.get(key), dict) and not isinstance(value, Mapping):
+            raise SeriesRulesError(f"'{where}' must be a mapping")
+        if isinstance(base.get(key), dict):
+            if key == "names":
+                out[key] = _merge_names(base[key], value)
+            else:
+                out[key] = _merge(base[key], value, f"{where}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_names(base: dict[str, list[str]], override: Mapping[str, Any]) -> dict[str, list[str]]:
+    replace = bool(override.get("replace_defaults", False))
+    out = {k: ([] if replace else list(v)) for k, v in base.items()}
+    for key, patterns in override.items():
+        if key == "replace_defaults":
+            continue
+        if key not in base:
+            raise SeriesRulesError(f"unknown name list 'names.{key}' (use flair, t2 or decoy)")
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise SeriesRulesError(f"'names.{key}' must be a list of regular expressions")
+        out[key].extend(patterns)
+    return out
+
+
+def load_rules(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> SeriesRules:
+    """Build the selection rules: defaults, then a site YAML file, then in-code overrides.
+
+    Args:
+        path: Optional YAML file (see ``docs/series-selection.md``).
+        overrides: Optional mapping with the same structure, applied last.
+
+    Returns:
+        The validated :class:`SeriesRules`.
+
+    Raises:
+        SeriesRulesError: Unreadable file, unknown key, wrong type or invalid regular expression.
+    """
+    raw = copy.deepcopy(DEFAULT_RULES)
+    if path is not None:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SeriesRulesError(f"cannot read series rules {Path(path).name}: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise SeriesRulesError(f"series rules {Path(path).name} must be a mapping")
+        raw = _merge(raw, data)
+    if overrides:
+        raw = _merge(raw, overrides)
+    if int(raw.get("version", 1)) != 1:
+        raise SeriesRulesError(f"unsupported series rules version {raw.get('version')}")
+    for section in ("thresholds", "weights"):
+        _check_numbers(raw[section], section)
+    patterns: dict[str, tuple[re.Pattern[str], ...]] = {}
+    for key, values in raw["names"].items():
+        patterns[key] = tuple(_compile(p, f"names.{key}") for p in values)
+    force = {role: (_compile(raw["force"][role], f"force.{role}") if raw["force"].get(role) else None)
+             for role in ("t2", "flair")}
+    return SeriesRules(raw=raw, name_patterns=patterns, force=force)
+
+
+def _check_numbers(section: Mapping[str, Any], where: str) -> None:
+    for key, value in section.items():
+        if isinstance(value, Mapping):
+            _check_numbers(value, f"{where}.{key}")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise SeriesRulesError(f"'{where}.{key}' must be a number, got {value!r}")
+
+
+def _compile(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise SeriesRulesError(f"invalid regular expression in {where}: {pattern!r} ({exc})") from exc
+
+
+# ---------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class SeriesFeatures:
+    """Acquisition attributes of one series that selection looks at (no patient data)."""
+
+    series_instance_uid: str
+    series_number: int | None
+    description: str
+    protocol_name: str
+    sequence_name: str
+    modality: str
+    enhanced: bool
+    scanning_sequence: frozenset[str]
+    sequence_variant: frozenset[str]
+    scan_options: frozenset[str]
+    repetition_time: float | None
+    echo_time: float | None
+    inversion_time: float | None
+    inversion_recovery: bool | None
+    acquisition_type: str
+    image_type: tuple[str, ...]
+    acquisition_contrast: str
+    contrast_agent: str
+    diffusion: bool
+    n_slices: int
+    n_instances: int
+    orientation: str
+    obliquity_deg: float
+    n_orientations: int
+    unreadable_files: int
+
+    def names_text(self) -> str:
+        return " | ".join(t for t in (self.description, self.protocol_name, self.sequence_name) if t)
+
+    def summary(self) -> dict[str, Any]:
+        """Key attributes for logs, errors and the report."""
+        return {
+            "SeriesNumber": self.series_number,
+            "SeriesDescription": self.description,
+            "ScanningSequence": "\\".join(sorted(self.scanning_sequence)),
+            "RepetitionTime": self.repetition_time,
+            "EchoTime": self.echo_time,
+            "InversionTime": self.inversion_time,
+            "MRAcquisitionType": self.acquisition_type,
+            "ImageType": "\\".join(self.image_type),
+            "slices": self.n_slices,
+            "orientation": self.orientation,
+        }
+
+    def short(self) -> str:
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:g}"
+        return (f"#{self.series_number} '{self.description}' {self.modality} {self.acquisition_type or '?'} "
+                f"{'/'.join(sorted(self.scanning_sequence)) or '?'} TR {ms(self.repetition_time)} "
+                f"TE {ms(self.echo_time)} TI {ms(self.inversion_time)} {self.n_slices} sl {self.orientation} "
+                f"{'/'.join(self.image_type[:2]) or '?'}")
+
+
+def _tokens(value: Any) -> frozenset[str]:
+    if value is None or value == "":
+        return frozenset()
+    if isinstance(value, str):
+        parts = re.split(r"[\\/ ,]+", value)
+    else:
+        parts = [str(v) for v in value]
+    return frozenset(p.strip().upper() for p in parts if p and p.strip())
+
+
+def _float(value: Any) -> float | None:
+    try:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, (int, float, str)) and hasattr(value, "__len__"):
+            value = value[0] if len(value) else None
+            if value is None:
+                return None
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fg(ds: Dataset, seq_kw: str, attr_kw: str) -> Any:
+    """An attribute from the shared, else the first per-frame, functional group macro."""
+    for groups_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        groups = ds.get(groups_kw)
+        if not groups:
+            continue
+        macro = groups[0].get(seq_kw)
+        if macro and attr_kw in macro[0]:
+            return macro[0].get(attr_kw)
+    return None
+
+
+def _orientation_of(iop: Iterable[Any]) -> tuple[str, float, tuple[float, ...]]:
+    v = np.array([float(x) for x in iop], dtype=np.float64)
+    normal = np.cross(v[:3], v[3:])
+    norm = np.linalg.norm(normal)
+    if norm == 0:
+        return "unknown", 0.0, ()
+    normal /= norm
+    axis = int(np.argmax(np.abs(normal)))
+    angle = float(np.degrees(np.arccos(min(1.0, abs(normal[axis])))))
+    return ("sagittal", "coronal", "axial")[axis], angle, tuple(np.round(v, 3))
+
+
+def _frame_geometry(ds: Dataset) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
+    """(rounded IOP, rounded IPP) of every frame of an instance."""
+    out = []
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        shared0 = shared[0] if shared else None
+        for frame in ds.PerFrameFunctionalGroupsSequence:
+            iop = pos = None
+            for group in (frame, shared0):
+                if group is None:
+                    continue
+                if iop is None and group.get("PlaneOrientationSequence"):
+                    iop = group.PlaneOrientationSequence[0].get("ImageOrientationPatient")
+                if pos is None and group.get("PlanePositionSequence"):
+                    pos = group.PlanePositionSequence[0].get("ImagePositionPatient")
+            if iop is not None and pos is not None:
+                out.append((tuple(round(float(x), 3) for x in iop), tuple(round(float(x), 2) for x in pos)))
+    elif ds.get("ImageOrientationPatient") and ds.get("ImagePositionPatient"):
+        out.append((tuple(round(float(x), 3) for x in ds.ImageOrientationPatient),
+                    tuple(round(float(x), 2) for x in ds.ImagePositionPatient)))
+    return out
+
+
+def series_features(info: SeriesInfo) -> SeriesFeatures:
+    """Read the selection-relevant attributes of a series (first instance, plus geometry of all)."""
+    ds = info.datasets[0]
+    enhanced = "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
+
+    tr = _float(ds.get("RepetitionTime"))
+    te = _float(ds.get("EchoTime"))
+    ti = _float(ds.get("InversionTime"))
+    ir_flag: bool | None = None
+    scanning = _tokens(ds.get("ScanningSequence"))
+    if enhanced:
+        tr = tr if tr is not None else _float(_fg(ds, "MRTimingAndRelatedParametersSequence", "RepetitionTime"))
+        te = te if te is not None else _float(_fg(ds, "MREchoSequence", "EffectiveEchoTime"))
+        ir = _fg(ds, "MRModifierSequence", "InversionRecovery")
+        if ir is not None:
+            ir_flag = str(ir).upper() == "YES"
+        if ti is None:
+            ti = _float(_fg(ds, "MRModifierSequence", "InversionTimes"))
+        pulse = str(ds.get("EchoPulseSequence", "") or "").upper()
+        if not scanning:
+            scanning = frozenset({"SPIN": {"SE"}, "GRADIENT": {"GR"}, "BOTH": {"SE", "GR"}}.get(pulse, set()))
+            if ir_flag:
+                scanning = scanning | {"IR"}
+    scan_options = _tokens(ds.get("ScanOptions"))
+    if ir_flag is None and ("IR" in scanning or "IR" in scan_options):
+        ir_flag = True
+    elif ir_flag is None and ti is None and (scanning or scan_options):
+        ir_flag = False
+
+    contrast = str(ds.get("AcquisitionContrast", "") or "").upper()
+    if not contrast and enhanced:
+        contrast = str(_fg(ds, "MRImageFrameTypeSequence", "AcquisitionContrast") or "").upper()
+    image_type = tuple(_ordered_tokens(ds.get("ImageType")))
+
+    agent = str(ds.get("ContrastBolusAgent", "") or "").strip()
+    if not agent and ds.get("ContrastBolusAgentSequence"):
+        agent = "contrast agent sequence present"
+    usage = ds.get("ContrastBolusUsageSequence")
+    if not agent and usage and any(str(u.get("ContrastBolusAgentAdministered", "")).upper() == "YES" for u in usage):
+        agent = "ContrastBolusAgentAdministered YES"
+
+    bvalues = {_float(d.get("DiffusionBValue")) for d in info.datasets}
+    bval_fg = _float(_fg(ds, "MRDiffusionSequence", "DiffusionBValue")) if enhanced else None
+    sequence_name = str(ds.get("SequenceName", "") or ds.get("PulseSequenceName", "") or "").strip()
+    diffusion = bool(
+        any(b is not None and b > 0 for b in bvalues)
+        or (bval_fg is not None and bval_fg > 0)
+        or contrast == "DIFFUSION"
+        or re.search(r"ep_b\d", sequence_name)  # Siemens DWI sequence names (*ep_b1000t)
+    )
+
+    geometry = [g for d in info.datasets for g in _frame_geometry(d)]
+    orientations = {g[0] for g in geometry}
+    positions = {g for g in geometry}
+    if orientations:
+        labels = [_orientation_of(iop) for iop in orientations]
+        label, angle, _ = labels[0]
+        if len({lab for lab, _, _ in labels}) > 1:
+            label = "mixed"
+    else:
+        label, angle = "unknown", 0.0
+
+    return SeriesFeatures(
+        series_instance_uid=info.series_instance_uid,
+        series_number=info.series_number,
+        description=info.series_description.strip(),
+        protocol_name=info.protocol_name.strip(),
+        sequence_name=sequence_name,
+        modality=info.modality,
+        enhanced=enhanced,
+        scanning_sequence=scanning,
+        sequence_variant=_tokens(ds.get("SequenceVariant")),
+        scan_options=scan_options,
+        repetition_time=tr,
+        echo_time=te,
+        inversion_time=ti,
+        inversion_recovery=ir_flag,
+        acquisition_type=str(ds.get("MRAcquisitionType", "") or "").upper(),
+        image_type=image_type,
+        acquisition_contrast=contrast,
+        contrast_agent=agent,
+        diffusion=diffusion,
+        n_slices=len({pos for _, pos in positions}) if positions else info.number_of_frames,
+        n_instances=info.number_of_instances,
+        orientation=label,
+        obliquity_deg=round(angle, 1),
+        n_orientations=len(orientations),
+        unreadable_files=len(info.skipped),
+    )
+
+
+def _ordered_tokens(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [p.strip().upper() for p in value.split("\\") if p.strip()]
+    return [str(v).strip().upper() for v in value if str(v).strip()]
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclass
+class _Score:
+    eligible: bool = True
+    score: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    deciding: dict[str, Any] = field(default_factory=dict)
+
+    def refuse(self, reason: str) -> None:
+        self.eligible = False
+        self.reasons.append("ineligible: " + reason)
+
+    def add(self, points: float, reason: str) -> None:
+        self.score += points
+        self.reasons.append(f"{points:+g} {reason}")
+
+
+def name_signal(features: SeriesFeatures, rules: SeriesRules) -> str | None:
+    """What the series' names suggest: ``"flair"``, ``"t2"``, ``"decoy"`` or None.
+
+    FLAIR words are tested first (most FLAIR names contain "T2"), decoy words
+    (DWI, localizer, T1, post-contrast...) only when no role word is present.
+    """
+    text = features.names_text()
+    if not text:
+        return None
+    for key in ("flair", "t2", "decoy"):
+        if any(p.search(text) for p in rules.name_patterns[key]):
+            return key
+    return None
+
+
+def _exclusions(f: SeriesFeatures, rules: SeriesRules, s: _Score) -> None:
+    ex, th = rules.exclude, rules.thresholds
+    if f.modality and f.modality != "MR":
+        s.refuse(f"modality {f.modality}")
+    if ex["derived"] and ({"DERIVED", "SECONDARY"} & set(f.image_type[:2])):
+        s.refuse(f"ImageType {'/'.join(f.image_type[:2])} (not an original acquisition)")
+    if ex["localizer"]:
+        if "LOCALIZER" in f.image_type or f.acquisition_contrast == "LOCALIZER":
+            s.refuse("ImageType LOCALIZER")
+        elif f.n_orientations > 1:
+            s.refuse(f"{f.n_orientations} slice orientations (localizer or multi-plane series)")
+        elif f.n_slices < int(th["min_slices"]):
+            s.refuse(f"{f.n_slices} slice(s) < {int(th['min_slices'])}")
+    if ex["diffusion"] and f.diffusion:
+        s.refuse("diffusion-weighted (b-value > 0)")
+    if f.contrast_agent:
+        if ex["contrast"]:
+            s.refuse(f"post-contrast (ContrastBolusAgent: {f.contrast_agent[:40]})")
+        else:
+            s.add(float(rules.weights["contrast_penalty"]), "post-contrast")
+    if ex["incomplete"] and f.unreadable_files:
+        s.refuse(f"{f.unreadable_files} file(s) of the series unreadable")
+    if f.obliquity_deg > float(th["max_oblique_deg"]):
+        s.refuse(f"oblique by {f.obliquity_deg} degrees")
+
+
+def _check(s: _Score, value: float | None, name: str, ok: bool, requirement: str, points: float) -> None:
+    if value is None:
+        s.reasons.append(f"+0 {name} unknown")
+        return
+    s.deciding[name] = value
+    if ok:
+        s.add(points, f"{name} {value:g} {requirement}")
+    else:
+        s.refuse(f"{name} {value:g} not {requirement}")
+
+
+def _physics_flair(f: SeriesFeatures, rules: SeriesRules, s: _Score) -> None:
+    th, w = rules.thresholds["flair"], rules.weights
+    ti = f.inversion_time
+    if ti is not None and ti > 0:
+        s.deciding["InversionTime"] = ti
+        if th["ti_min_ms"] <= ti <= th["ti_max_ms"]:
+            s.add(float(w["inversion_in_range"]), f"InversionTime {ti:g} in FLAIR range "
+                  f"[{th['ti_min_ms']:g}, {th['ti_max_ms']:g}] ms")
+        else:
+            s.refuse(f"InversionTime {ti:g} ms outside FLAIR range [{th['ti_min_ms']:g}, {th['ti_max_ms']:g}]")
+    elif f.inversion_recovery:
+        s.deciding["ScanningSequence"] = "IR"
+        s.add(float(w["physics_check"]) / 2, "inversion recovery (InversionTime not given)")
+    elif f.acquisition_contrast == "FLUID_ATTENUATED":
+        s.add(0.0, "AcquisitionContrast FLUID_ATTENUATED (no inversion attributes)")
+    else:
+        s.refuse("no inversion recovery (no IR in ScanningSequence/ScanOptions, no InversionTime)")
+    pc = float(w["physics_check"])
+    _check(s, f.repetition_time, "RepetitionTime", f.repetition_time is not None
+           and f.repetition_time >= th["tr_min_ms"], f">= {th['tr_min_ms']:g} ms", pc)
+    _check(s, f.echo_time, "EchoTime", f.echo_time is not None and f.echo_time >= th["te_min_ms"],
+           f">= {th['te_min_ms']:g} ms", pc)
+    if f.acquisition_contrast == "FLUID_ATTENUATED":
+        s.add(float(w["acquisition_contrast"]), "AcquisitionContrast FLUID_ATTENUATED")
+        s.deciding["AcquisitionContrast"] = f.acquisition_contrast
+
+
+def _physics_t2(f: SeriesFeatures, rules: SeriesRules, s: _Score) -> None:
+    th, w = rules.thresholds["t2"], rules.weights
+    pc = float(w["physics_check"])
+    ti = f.inversion_time
+    if ti is not None and ti > 0:
+        s.deciding["InversionTime"] = ti
+        if ti >= th["flair_like_ti_min_ms"]:
+            s.refuse(f"InversionTime {ti:g} ms (fluid-suppressed, FLAIR-like)")
+        else:
+            s.refuse(f"InversionTime {ti:g} ms (inversion-prepared: T1-weighted or STIR)")
+    elif f.inversion_recovery:
+        s.refuse("inversion recovery in ScanningSequence/ScanOptions")
+    else:
+        s.add(0.0, "no inversion")
+    _check(s, f.repetition_time, "RepetitionTime", f.repetition_time is not None
+           and f.repetition_time >= th["tr_min_ms"], f">= {th['tr_min_ms']:g} ms", pc)
+    _check(s, f.echo_time, "EchoTime", f.echo_time is not None
+           and th["te_min_ms"] <= f.echo_time <= th["te_max_ms"], f"in [{th['te_min_ms']:g}, {th['te_max_ms']:g}] ms", pc)
+    if "EP" in f.scanning_sequence:
+        s.refuse("echo-planar (EP) acquisition")
+    elif "SE" in f.scanning_sequence:
+        s.add(float(w["spin_echo"]), "spin echo (SE)")
+    if f.acquisition_contrast == "T2":
+        s.add(float(w["acquisition_contrast"]), "AcquisitionContrast T2")
+        s.deciding["AcquisitionContrast"] = f.acquisition_contrast
+    elif f.acquisition_contrast == "FLUID_ATTENUATED":
+        s.refuse("AcquisitionContrast FLUID_ATTENUATED")
+
+
+def score_candidate(features: SeriesFeatures, role: Role, rules: SeriesRules) -> CandidateScore:
+    """Score one series for one role (see the module docstring for the rules)."""
+    return _score_role(features, role, rules)[0]
+
+
+def _score_role(features: SeriesFeatures, role: Role, rules: SeriesRules) -> tuple[CandidateScore, dict[str, Any]]:
+    s = _Score()
+    _exclusions(features, rules, s)
+    (_physics_flair if role is Role.FLAIR else _physics_t2)(features, rules, s)
+    w = rules.weights
+    if features.orientation == "axial":
+        s.add(float(w["axial"]), "axial")
+    counted = min(features.n_slices, int(w["max_slices_counted"]))
+    if counted:
+        s.add(round(float(w["per_slice"]) * counted, 3), f"{features.n_slices} slices")
+    signal = name_signal(features, rules)
+    own = "flair" if role is Role.FLAIR else "t2"
+    if signal == own:
+        s.add(float(w["name_role"]), f"name '{features.names_text()}' suggests {role.value}")
+    elif signal in ("flair", "t2"):
+        s.add(float(w["name_other_role"]), f"name '{features.names_text()}' suggests {signal.upper()}")
+    elif signal == "decoy":
+        s.add(float(w["name_decoy"]), f"name '{features.names_text()}' suggests another kind of series")
+    s.deciding.setdefault("orientation", features.orientation)
+    s.deciding.setdefault("slices", features.n_slices)
+    return CandidateScore(
+        series_instance_uid=features.series_instance_uid,
+        series_number=features.series_number,
+        series_description=features.description,
+        score=round(s.score, 3),
+        eligible=s.eligible,
+        reasons=tuple(s.reasons),
+    ), s.deciding
+
+
+# ---------------------------------------------------------------- selection
+
+
+@dataclass
+class SeriesSelection:
+    """Result of series selection for a study.
+
+    Attributes:
+        t2: The chosen T2 series, or None when the role was not required and none qualified.
+        flair: The chosen FLAIR series, likewise.
+        explanations: Why each role was (or was not) filled, by role.
+        features: Key attributes of every series considered, by Series Instance UID.
+        skipped_files: Files the loader skipped (name and reason).
+    """
+
+    t2: SelectedSeries | None
+    flair: SelectedSeries | None
+    explanations: dict[Role, SelectionExplanation]
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _choose(role: Role, feats: list[SeriesFeatures],
+            rules: SeriesRules) -> tuple[SeriesFeatures | None, SelectionExplanation, Exception | None]:
+    scored = []
+    for f in feats:
+        candidate, deciding = _score_role(f, role, rules)
+        scored.append((candidate, deciding, f))
+    scored.sort(key=lambda item: (item[0].eligible, item[0].score), reverse=True)
+    candidates = tuple(c for c, _, _ in scored)
+
+    forced = rules.force["flair" if role is Role.FLAIR else "t2"]
+    if forced is not None:
+        matches = [(c, d, f) for c, d, f in scored if forced.search(f.description)]
+        if len(matches) == 1:
+            c, d, f = matches[0]
+            expl = SelectionExplanation(role=role, rule=f"forced by site rule: SeriesDescription matches "
+                                        f"/{forced.pattern}/", deciding_attributes={"SeriesDescription": f.description},
+                                        candidates=candidates)
+            return f, expl, None
+        logger.warning("%s: site rule /%s/ matched %d series; using the physics rules", role.value,
+                       forced.pattern, len(matches))
+
+    eligible = [(c, d, f) for c, d, f in scored if c.eligible]
+    if not eligible:
+        listing = "; ".join(f"{f.short()} -> {_first_refusal(c)}" for c, _, f in scored) or "no image series"
+        msg = f"no suitable {role.value} series among {len(feats)}: {listing}"
+        expl = SelectionExplanation(role=role, rule="no eligible series", deciding_attributes={},
+                                    candidates=candidates)
+        return None, expl, NoSuitableSeriesError(msg, role=role.value, candidates=candidates)
+    best_c, best_d, best_f = eligible[0]
+    if len(eligible) > 1 and abs(eligible[1][0].score - best_c.score) <= TIE_EPSILON:
+        tied = [f for c, _, f in eligible if abs(c.score - best_c.score) <= TIE_EPSILON]
+        msg = (f"{len(tied)} series are equally good {role.value} candidates (score {best_c.score:g}): "
+               + "; ".join(f"{f.short()} uid {f.series_instance_uid}" for f in tied)
+               + "; name one with a site rule (force)")
+        expl = SelectionExplanation(role=role, rule="tie", deciding_attributes={}, candidates=candidates)
+        return None, expl, AmbiguousSeriesError(msg, role=role.value, candidates=candidates)
+    margin = best_c.score - eligible[1][0].score if len(eligible) > 1 else None
+    physics = "; ".join(r for r in best_c.reasons if not r.startswith("+0"))
+    rule = f"best {role.value} score {best_c.score:g}" + (
+        f", {margin:g} ahead of series {eligible[1][2].series_number}" if margin is not None else ", only eligible series"
+    ) + f" ({physics})"
+    expl = SelectionExplanation(role=role, rule=rule, deciding_attributes=dict(best_d), candidates=candidates)
+    return best_f, expl, None
+
+
+def _first_refusal(candidate: CandidateScore) -> str:
+    for reason in candidate.reasons:
+        if reason.startswith("ineligible: "):
+            return reason[len("ineligible: "):]
+    return "not chosen"
+
+
+def select_series(
+    study: LoadedStudy,
+    rules: SeriesRules | None = None,
+    *,
+    require: Iterable[Role] = (Role.T2, Role.FLAIR),
+) -> SeriesSelection:
+    """Choose the T2 and FLAIR series of a study.
+
+    Args:
+        study: The loaded study.
+        rules: Selection rules (defaults when None; see :func:`load_rules`).
+        require: Roles that must be filled; a missing role not in it is returned as None.
+
+    Returns:
+        A :class:`SeriesSelection` with the chosen series and explanations.
+
+    Raises:
+        NoSuitableSeriesError: A required role has no eligible series (message lists the series found).
+        AmbiguousSeriesError: Two series are equally good for a required role.
+        SeriesSelectionError: The same series came out best for both roles.
+    """
+    rules = rules or load_rules()
+    required = set(require)
+    infos = [info for info in study.series.values() if info.datasets]
+    feats = [series_features(info) for info in infos]
+    by_uid = {info.series_instance_uid: info for info in infos}
+
+    chosen: dict[Role, SeriesFeatures | None] = {}
+    explanations: dict[Role, SelectionExplanation] = {}
+    errors: list[Exception] = []
+    for role in (Role.T2, Role.FLAIR):
+        feature, explanation, error = _choose(role, feats, rules)
+        explanations[role] = explanation
+        chosen[role] = feature
+        _log_decision(role, explanation, feature)
+        if error is not None and role in required:
+            errors.append(error)
+    if errors:
+        raise errors[0]
+    if chosen[Role.T2] is not None and chosen[Role.FLAIR] is not None and \
+            chosen[Role.T2].series_instance_uid == chosen[Role.FLAIR].series_instance_uid:
+        raise SeriesSelectionError(f"series {chosen[Role.T2].short()} came out best for both T2 and FLAIR")
+
+    def selected(role: Role) -> SelectedSeries | None:
+        f = chosen[role]
+        if f is None:
+            return None
+        info = by_uid[f.series_instance_uid]
+        return SelectedSeries(role=role, series_instance_uid=info.series_instance_uid, datasets=list(info.datasets),
+                              files=list(info.files), explanation=explanations[role])
+
+    return SeriesSelection(
+        t2=selected(Role.T2),
+        flair=selected(Role.FLAIR),
+        explanations=explanations,
+        features={f.series_instance_uid: f.summary() for f in feats},
+        skipped_files=[(s.path.name, s.reason) for s in study.skipped],
+    )
+
+
+def _log_decision(role: Role, explanation: SelectionExplanation, feature: SeriesFeatures | None) -> None:
+    if feature is not None:
+        logger.info("%s: chose series %s '%s' (uid %s): %s", role.value, feature.series_number,
+                    feature.description, feature.series_instance_uid, explanation.rule)
+    else:
+        logger.warning("%s: no series chosen (%s)", role.value, explanation.rule)
+    for c in explanation.candidates:
+        logger.info("  %s candidate series %s '%s' (%s): %s", role.value, c.series_number, c.series_description,
+                    f"score {c.score:g}" if c.eligible else "not eligible", "; ".join(c.reasons))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SeriesSelectorOperator":
+        cls = _build_operator()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _build_operator() -> type:
+    from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
+
+    class SeriesSelectorOperator(Operator):
+        """Chooses the T2 and FLAIR series of a study by acquisition physics, then names.
+
+        Named input:
+            study: :class:`~operators.dicom_loading.LoadedStudy`.
+
+        Named outputs:
+            t2_series: :class:`~operators.datatypes.SelectedSeries` for T2 (None if not required and absent).
+            flair_series: :class:`~operators.datatypes.SelectedSeries` for FLAIR.
+            selection: :class:`SeriesSelection` (explanations and candidate scores, for the report).
+        """
+
+        def __init__(self, fragment: Fragment, *args: Any, rules_path: Path | str | None = None,
+                     require: Iterable[str] = ("T2", "FLAIR"), **kwargs: Any) -> None:
+            """Create the operator.
+
+            Args:
+                fragment: The application (a Fragment) the operator belongs to.
+                rules_path: Optional site rules YAML file.
+                require: Roles that must be found (``"T2"``, ``"FLAIR"``).
+            """
+            self.rules = load_rules(rules_path)
+            self.require = tuple(Role(r) for r in require)
+            super().__init__(fragment, *args, **kwargs)
+
+        def setup(self, spec: OperatorSpec) -> None:
+            spec.input("study")
+            spec.output("t2_series").condition(ConditionType.NONE)
+            spec.output("flair_series").condition(ConditionType.NONE)
+            spec.output("selection").condition(ConditionType.NONE)
+
+        def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+            selection = select_series(op_input.receive("study"), self.rules, require=self.require)
+            op_output.emit(selection.t2, "t2_series")
+            op_output.emit(selection.flair, "flair_series")
+            op_output.emit(selection, "selection")
+
+    return SeriesSelectorOperator
