@@ -461,6 +461,8 @@ def _operator_class() -> type:
             inputs = op_input.receive(self.input_name)
             op_output.emit(self.runner.predict(inputs), self.output_name)
 
+    EnsembleInferenceOperator.__module__ = __name__
+    EnsembleInferenceOperator.__qualname__ = "EnsembleInferenceOperator"
     return EnsembleInferenceOperator
 
 
