@@ -115,3 +115,9 @@ class QualityCheckFailed(QualityCheckError):
     def __init__(self, reason: str, *, flags: list | None = None, stage: str | None = None) -> None:
         super().__init__(reason, stage=stage)
         self.flags = list(flags or [])
+
+
+class OutputError(PipelineError):
+    """A result object (SR, derived series, PDF report) cannot be built from its inputs."""
+
+    stage = "outputs"

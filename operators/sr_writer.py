@@ -205,6 +205,9 @@ def _usage_statements(prediction: Prediction | None) -> list[str]:
     statements = [RESEARCH_USE_TEXT]
     if prediction is not None and prediction.model_set_synthetic:
         statements.append(SYNTHETIC_MODELS_TEXT)
+    intended_use = getattr(prediction, "intended_use", "") if prediction is not None else ""
+    if intended_use:
+        statements.append(f"Intended use: {intended_use}")
     return statements
 
 
@@ -461,7 +464,8 @@ def build_not_analysable_sr(
         source_datasets: Any instances of the study (headers suffice); the first
             gives the patient and study modules.
         selected_series: Series selected before the failure, if any.
-        quality_flags: Quality notes known at the time of failure.
+        quality_flags: Quality notes known at the time of failure (default: the
+            error's own ``flags``, when it carries them).
         prediction: Gives the model-set identity (device UID) when known.
         app: How the app identifies itself.
         series_number: Series Number of the new SR series.
@@ -489,7 +493,8 @@ def build_not_analysable_sr(
         _text(pc.FAILED_STAGE, error.stage),
     ]
     evaluations.extend(_analysed_series_items(by_role))
-    evaluations.extend(_text(pc.QUALITY_NOTE, _quality_note(f)) for f in quality_flags)
+    flags = list(quality_flags) or list(getattr(error, "flags", None) or [])
+    evaluations.extend(_text(pc.QUALITY_NOTE, _quality_note(f)) for f in flags)
     evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
     root.ContentSequence.append(_qualitative_container(evaluations))
 
