@@ -78,6 +78,7 @@ def write_series(out_dir: Path, spec: SeriesSpec, *, study_uid: str, frame_uid: 
         meta.MediaStorageSOPInstanceUID = generate_uid(prefix=ROOT)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
+        ds.SpecificCharacterSet = "ISO_IR 192"
         ds.SOPClassUID = MRImageStorage
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID = study_uid
