@@ -35,6 +35,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from operators.datatypes import Preprocessed, Role, SelectedSeries
 from operators.errors import OutputError
+from operators.output_common import code_item, copy_patient_study
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,9 @@ DERIVATION_DESCRIPTION = (
     "normalised to [0,1]; T2 rigidly registered into FLAIR space. Pixel value = "
     "FLAIR3 x 1000. Research use only. Not for diagnosis.")
 
-# Attributes copied verbatim from the source FLAIR instance (patient, study,
-# equipment-independent series context).
+# Series/acquisition context copied from the source FLAIR (patient and study
+# modules come from operators.output_common).
 _COPIED = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
-    "PatientSex", "PatientAge", "PatientWeight", "PatientSize", "OtherPatientIDsSequence",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-    "ReferringPhysicianName", "StudyDescription", "IssuerOfAccessionNumberSequence",
     "BodyPartExamined", "PatientPosition", "FrameOfReferenceUID", "PositionReferenceIndicator",
     "ScanningSequence", "SequenceVariant", "MRAcquisitionType", "MagneticFieldStrength",
     "SliceThickness", "SpacingBetweenSlices", "ImagedNucleus",
@@ -67,14 +64,6 @@ class _SourceSlice:
     frame_number: int | None
     position: np.ndarray
     normal_offset: float
-
-
-def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
-    return item
 
 
 def _source_slices(datasets: Sequence[Dataset], normal: np.ndarray) -> list[_SourceSlice]:
@@ -108,7 +97,7 @@ def _reference(source: _SourceSlice) -> Dataset:
     if source.frame_number is not None:
         item.ReferencedFrameNumber = source.frame_number
     item.PurposeOfReferenceCodeSequence = [
-        _code_item("121322", "DCM", "Source image for image processing operation")]
+        code_item("121322", "DCM", "Source image for image processing operation")]
     return item
 
 
@@ -189,9 +178,9 @@ def build_flair3_series(
     source = flair_datasets[0]
     now = datetime.now()
     derivation_codes = [
-        _code_item("113053", "DCM", "Pixel by pixel multiplication"),
-        _code_item("113085", "DCM", "Spatial resampling"),
-        _code_item("113047", "DCM", "Pixel by pixel mask"),
+        code_item("113053", "DCM", "Pixel by pixel multiplication"),
+        code_item("113085", "DCM", "Spatial resampling"),
+        code_item("113047", "DCM", "Pixel by pixel mask"),
     ]
 
     instances = []
@@ -213,6 +202,7 @@ def build_flair3_series(
                 corners, preprocessed.t2_to_flair, t2_slices, t2_normal, t2_half)]
 
         ds = Dataset()
+        copy_patient_study(source, ds)
         for keyword in _COPIED:
             if keyword in source:
                 ds[keyword] = source[keyword]

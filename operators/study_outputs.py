@@ -1,0 +1,205 @@
+"""Write the configured results of one study into an output folder.
+
+The result SR is the product and is written first; the optional FLAIR3 series
+and PDF report follow. A failure of an optional output is logged and recorded
+in :class:`WrittenOutputs` without taking the SR with it. All files go flat into
+the output folder as ``<SOPInstanceUID>.dcm`` (the MONAI Deploy convention; the
+DICOM node's outbox sends every file it finds there).
+
+The thin operator :class:`StudyOutputsOperator` is built on first access so
+that importing this module does not import the SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from operators.datatypes import Prediction, Preprocessed, SelectedSeries
+from operators.errors import PipelineError
+from operators.flair3_series import build_flair3_series, save_series
+from operators.output_config import OutputConfig, load_output_config
+from operators.pdf_report import build_encapsulated_pdf, render_report_pdf, save_pdf_instance
+from operators.sr_writer import AppIdentity, build_not_analysable_sr, build_result_sr, save_sr
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WrittenOutputs:
+    """Files written for one study, by kind, and optional outputs that failed."""
+
+    sr: Path | None = None
+    not_analysable_sr: Path | None = None
+    flair3_series: list[Path] = field(default_factory=list)
+    pdf: Path | None = None
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def paths(self) -> list[Path]:
+        """Every file written."""
+        single = [p for p in (self.sr, self.not_analysable_sr, self.pdf) if p is not None]
+        return single + list(self.flair3_series)
+
+
+def write_study_outputs(
+    output_folder: Path,
+    prediction: Prediction,
+    selected_series: Sequence[SelectedSeries],
+    preprocessed: Preprocessed | None = None,
+    *,
+    config: OutputConfig | None = None,
+    app: AppIdentity | None = None,
+    model_card_base_dir: Path | None = None,
+) -> WrittenOutputs:
+    """Write the configured outputs of an analysed study.
+
+    Args:
+        output_folder: Where the DICOM files go (created if needed).
+        prediction: The fused prediction.
+        selected_series: The analysed T2 and FLAIR series.
+        preprocessed: Images and quality numbers (needed for FLAIR3 and key slices).
+        config: Which outputs to write; defaults to :class:`OutputConfig`.
+        app: How the app identifies itself.
+        model_card_base_dir: Folder against which a relative model-card file resolves.
+
+    Returns:
+        What was written.
+    """
+    config = config or OutputConfig()
+    app = app or AppIdentity(institution_name=config.institution_name)
+    written = WrittenOutputs()
+    if config.sr:
+        sr = build_result_sr(prediction, selected_series, preprocessed, app=app,
+                             series_number=config.sr_series_number)
+        written.sr = save_sr(sr, output_folder)
+    if config.flair3_series:
+        if preprocessed is None:
+            written.failures["flair3_series"] = "no preprocessed images"
+        else:
+            try:
+                instances = build_flair3_series(
+                    preprocessed, selected_series, series_number=config.flair3_series_number,
+                    manufacturer=app.manufacturer, software_version=app.resolved_version())
+                written.flair3_series = save_series(instances, output_folder)
+            except Exception as error:  # optional output: keep the SR going
+                logger.exception("FLAIR3 series not written")
+                written.failures["flair3_series"] = str(error)
+    if config.pdf:
+        try:
+            pdf = render_report_pdf(prediction, selected_series, preprocessed,
+                                    model_card_summary=config.model_card_text(model_card_base_dir),
+                                    app_version=app.resolved_version())
+            instance = build_encapsulated_pdf(
+                pdf, selected_series, series_number=config.pdf_series_number,
+                manufacturer=app.manufacturer, software_version=app.resolved_version())
+            written.pdf = save_pdf_instance(instance, output_folder)
+        except Exception as error:  # optional output: keep the SR going
+            logger.exception("PDF report not written")
+            written.failures["pdf"] = str(error)
+    logger.info("Study outputs written: %d file(s)%s", len(written.paths()),
+                f", failed: {sorted(written.failures)}" if written.failures else "")
+    return written
+
+
+def write_not_analysable_outputs(
+    output_folder: Path,
+    error: PipelineError,
+    source_datasets: Sequence[Dataset],
+    *,
+    selected_series: Sequence[SelectedSeries] = (),
+    prediction: Prediction | None = None,
+    config: OutputConfig | None = None,
+    app: AppIdentity | None = None,
+) -> WrittenOutputs:
+    """Write the not-analysable SR (when configured) for a study that failed.
+
+    Args:
+        output_folder: Where the DICOM file goes.
+        error: The failure to report.
+        source_datasets: Any instances of the study (headers suffice).
+        selected_series: Series selected before the failure, if any.
+        prediction: Gives the model-set identity, when known.
+        config: Which outputs to write.
+        app: How the app identifies itself.
+
+    Returns:
+        What was written.
+    """
+    config = config or OutputConfig()
+    app = app or AppIdentity(institution_name=config.institution_name)
+    written = WrittenOutputs()
+    if config.not_analysable_sr:
+        sr = build_not_analysable_sr(error, source_datasets, selected_series=selected_series,
+                                     prediction=prediction, app=app,
+                                     series_number=config.sr_series_number)
+        written.not_analysable_sr = save_sr(sr, output_folder)
+    return written
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StudyOutputsOperator":
+        cls = _build_operator()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _build_operator() -> type:
+    from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
+
+    class StudyOutputsOperator(Operator):
+        """Writes the result SR and the configured FLAIR3 series and PDF report.
+
+        Named inputs:
+            prediction: :class:`~operators.datatypes.Prediction`.
+            t2_series: :class:`~operators.datatypes.SelectedSeries` (T2).
+            flair_series: :class:`~operators.datatypes.SelectedSeries` (FLAIR).
+            preprocessed: :class:`~operators.datatypes.Preprocessed` (optional).
+
+        Named output:
+            outputs: :class:`WrittenOutputs` (the files written).
+
+        File output:
+            DICOM files ``<SOPInstanceUID>.dcm`` in ``output_folder``.
+        """
+
+        def __init__(self, fragment: Fragment, *args: Any, output_folder: Path | str,
+                     config: OutputConfig | Path | str | None = None,
+                     app: AppIdentity | None = None, **kwargs: Any) -> None:
+            """Create the operator.
+
+            Args:
+                fragment: The application (a Fragment) the operator belongs to.
+                output_folder: Folder for the DICOM files.
+                config: An :class:`OutputConfig`, or a YAML file path, or None for defaults.
+                app: How the app identifies itself in the objects it writes.
+            """
+            self.output_folder = Path(output_folder)
+            self.config_dir = Path(config).parent if isinstance(config, (str, Path)) else None
+            self.config = (config if isinstance(config, OutputConfig)
+                           else load_output_config(config))
+            self.app = app
+            super().__init__(fragment, *args, **kwargs)
+
+        def setup(self, spec: OperatorSpec) -> None:
+            spec.input("prediction")
+            spec.input("t2_series").condition(ConditionType.NONE)
+            spec.input("flair_series")
+            spec.input("preprocessed").condition(ConditionType.NONE)
+            spec.output("outputs").condition(ConditionType.NONE)
+
+        def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+            selected = [s for s in (op_input.receive("t2_series"), op_input.receive("flair_series"))
+                        if s is not None]
+            written = write_study_outputs(
+                self.output_folder, op_input.receive("prediction"), selected,
+                op_input.receive("preprocessed"), config=self.config, app=self.app,
+                model_card_base_dir=self.config_dir)
+            op_output.emit(written, "outputs")
+
+    return StudyOutputsOperator
