@@ -199,14 +199,16 @@ def running_node(*args: Any, **kwargs: Any) -> Iterator[NodeProcess]:
 
 
 @contextmanager
-def dcmtk_storescp(folder: Path, port: int, aet: str = "PACS") -> Iterator[subprocess.Popen]:
+def dcmtk_storescp(folder: Path, port: int, aet: str = "PACS",
+                   nodelay: bool = False) -> Iterator[subprocess.Popen]:
     """dcmtk storescp as a destination PACS on 127.0.0.1 (stopped on exit)."""
     tool = dcmtk_tool("storescp")
     assert tool, "dcmtk storescp not found"
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([tool, "-aet", aet, "--output-directory", str(folder), "+B",
                              "--socket-timeout", "30", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, TCP_NODELAY="1" if nodelay else "0"))
     try:
         def up() -> bool:
             with socket.socket() as s:
