@@ -86,6 +86,13 @@ def make_instance(study_uid: str, series_uid: str, *, payload_bytes: int = 8192,
     return ds
 
 
+def dataset_body(path: Path) -> bytes:
+    """The encoded dataset of a Part 10 file (what travels in a C-STORE), without preamble and meta."""
+    from pydicom import dcmread
+    meta_len = int(dcmread(path, stop_before_pixels=True).file_meta.FileMetaInformationGroupLength)
+    return path.read_bytes()[132 + 12 + meta_len:]
+
+
 def write_study(folder: Path, n: int, *, payload_bytes: int = 8192, description: str = "MRI BRAIN",
                 study_uid: str | None = None) -> tuple[str, list[Path]]:
     """Write ``n`` instances of one new study (one series) into ``folder``."""

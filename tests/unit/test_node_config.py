@@ -1,0 +1,67 @@
+"""Node configuration: YAML, TSC_NODE_* overrides, validation."""
+
+from pathlib import Path
+
+import pytest
+
+from app.node.config import ConfigError, Destination, config_reference, load_config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "node.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = """
+scp: {ae_title: TSCNODE, port: 11112, allowed_calling_aes: [PACS]}
+spool: {dir: spool}
+outbox:
+  destinations:
+    - {ae_title: PACS, host: 10.0.0.5, port: 104}
+    - "ARCHIVE@10.0.0.6:11112"
+"""
+
+
+def test_yaml_is_read_and_relative_spool_resolved(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, BASE), environ={})
+    assert cfg.scp.allowed_calling_aes == ["PACS"]
+    assert cfg.spool_dir == tmp_path / "spool"
+    assert cfg.outbox.destinations == [Destination("PACS", "10.0.0.5", 104),
+                                       Destination("ARCHIVE", "10.0.0.6", 11112)]
+
+
+def test_environment_overrides_scalars_lists_and_nested(tmp_path: Path) -> None:
+    env = {"TSC_NODE_SCP__PORT": "4242", "TSC_NODE_SCP__ALLOWED_CALLING_AES": "A, B",
+           "TSC_NODE_SCP__TLS__ENABLED": "yes", "TSC_NODE_SCP__TLS__CERT_FILE": "c.pem",
+           "TSC_NODE_SCP__TLS__KEY_FILE": "k.pem", "TSC_NODE_STUDY__QUIET_PERIOD_S": "2.5",
+           "TSC_NODE_OUTBOX__DESTINATIONS": "PACS@127.0.0.1:4243+tls", "OTHER": "x"}
+    cfg = load_config(_write(tmp_path, BASE), environ=env)
+    assert cfg.scp.port == 4242
+    assert cfg.scp.allowed_calling_aes == ["A", "B"]
+    assert cfg.scp.tls.enabled and cfg.scp.tls.cert_file == "c.pem"
+    assert cfg.study.quiet_period_s == 2.5
+    assert cfg.outbox.destinations == [Destination("PACS", "127.0.0.1", 4243, tls=True)]
+
+
+@pytest.mark.parametrize("text, env, match", [
+    (BASE + "\nbogus: 1\n", {}, "unknown setting"),
+    (BASE, {"TSC_NODE_SCP__NOPE": "1"}, "no setting"),
+    (BASE, {"TSC_NODE_SCP__PORT": "abc"}, "not a int"),
+    (BASE, {"TSC_NODE_SCP__PORT": "70000"}, "out of range"),
+    (BASE, {"TSC_NODE_SCP__AE_TITLE": "A" * 17}, "not a valid AE title"),
+    (BASE, {"TSC_NODE_SCP__ALLOWED_CALLING_AES": ""}, "allowed_calling_aes"),
+    (BASE, {"TSC_NODE_OUTBOX__DESTINATIONS": "nonsense"}, "AE@host:port"),
+    (BASE, {"TSC_NODE_WORKER__PROCESSOR": "no_colon"}, "module:attribute"),
+    (BASE, {"TSC_NODE_SCP__TLS__ENABLED": "1"}, "cert_file"),
+])
+def test_invalid_settings_are_named(tmp_path: Path, text: str, env: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(_write(tmp_path, text), environ=env)
+
+
+def test_reference_lists_every_environment_variable() -> None:
+    ref = config_reference()
+    for name in ("TSC_NODE_SCP__PORT", "TSC_NODE_STUDY__QUIET_PERIOD_S", "TSC_NODE_WORKER__PROCESSOR",
+                 "TSC_NODE_OUTBOX__RETRY_HORIZON_S", "TSC_NODE_SCP__TLS__CA_FILE"):
+        assert name in ref
