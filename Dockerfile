@@ -38,12 +38,19 @@ COPY models ./models
 # HD-BET weights are a separate public download (not redistributed here). When a URL is
 # given they are fetched, verified and laid out as models/hd_bet/release_2.0.0/...;
 # without them the app uses its weight-free brain extraction and says so in every report.
+# The checksum is mandatory with the URL: an unverified download must not reach a clinical image.
 RUN if [ -n "${HDBET_WEIGHTS_URL}" ]; then \
-      curl -fsSL -o /tmp/hdbet.zip "${HDBET_WEIGHTS_URL}" \
-      && if [ -n "${HDBET_WEIGHTS_SHA256}" ]; then echo "${HDBET_WEIGHTS_SHA256}  /tmp/hdbet.zip" | sha256sum -c -; fi \
+      if [ -z "${HDBET_WEIGHTS_SHA256}" ]; then \
+        echo "HDBET_WEIGHTS_SHA256 is required with HDBET_WEIGHTS_URL (see docs/deployment.md)" >&2; exit 1; \
+      fi \
+      && curl -fsSL -o /tmp/hdbet.zip "${HDBET_WEIGHTS_URL}" \
+      && echo "${HDBET_WEIGHTS_SHA256}  /tmp/hdbet.zip" | sha256sum -c - \
       && mkdir -p models/hd_bet/release_2.0.0 \
       && unzip -q /tmp/hdbet.zip -d models/hd_bet/release_2.0.0 \
-      && rm /tmp/hdbet.zip; \
+      && rm /tmp/hdbet.zip \
+      && test -f models/hd_bet/release_2.0.0/dataset.json \
+      && test -f models/hd_bet/release_2.0.0/plans.json \
+      && test -f models/hd_bet/release_2.0.0/fold_all/checkpoint_final.pth; \
     fi
 
 RUN useradd --create-home --uid "${APP_UID}" tsc \
@@ -55,6 +62,9 @@ ENV HOLOSCAN_INPUT_PATH=/var/holoscan/input \
     HOLOSCAN_OUTPUT_PATH=/var/holoscan/output \
     HOLOSCAN_MODEL_PATH=/opt/tsc/models \
     MPLCONFIGDIR=/tmp/matplotlib
+
+# DICOM node (`serve`): default C-STORE/C-ECHO port of app/node's configuration.
+EXPOSE 11112
 
 # Holoscan asks for a 32 MiB stack; `ulimit -s` must be raised in the shell that execs Python.
 ENTRYPOINT ["/bin/sh", "-c", "ulimit -s 32768 2>/dev/null; exec python -m app \"$@\"", "--"]
