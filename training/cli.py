@@ -1,0 +1,240 @@
+"""Command line of the training pipeline: ``python -m training <command>``.
+
+Commands (typical order)::
+
+    prepare   study folders -> case files, with the app's own ingestion + preprocessing
+    train     k-fold cross-validation per member (resumable: run it again to continue)
+    fuse      fusion weights on out-of-fold predictions (0.1 steps) + out-of-fold metrics
+    export    write the model set folder (manifest.yaml + weights + MODEL_CARD.md) the app loads
+    evaluate  score held-out case files with a model set exactly as the app does
+    card      (re)write a model set's MODEL_CARD.md, e.g. after evaluate
+    all       train + fuse + export
+
+Example (demo set)::
+
+    python -m training prepare --studies synth/train --out cases/train --config demo
+    python -m training all --config demo --cases cases/train --workdir work/demo --out models/demo
+    python -m training prepare --studies synth/test --out cases/test --config demo
+    python -m training evaluate --model-set models/demo --cases cases/test --out work/demo/eval
+    python -m training card --config demo --workdir work/demo --model-set models/demo \\
+        --evaluation work/demo/eval/evaluation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger("training")
+
+
+def training_summary(workdir: Path, members: Sequence[str], folds: int) -> dict[str, list[dict[str, Any]]]:
+    """Fold summaries of finished members, read from the work folder."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in members:
+        out[m] = []
+        for k in range(folds):
+            p = workdir / "members" / m / f"fold{k}.oof.json"
+            if p.is_file():
+                out[m].append(json.loads(p.read_text())["summary"])
+    return out
+
+
+def _card_text(config, workdir: Path, evaluation: Path | None, size_mb: float | None, data: str) -> str:
+    from training.model_card import render_model_card
+
+    fusion = json.loads((workdir / "fusion.json").read_text())
+    ev = json.loads(evaluation.read_text()) if evaluation else None
+    return render_model_card(config, training_summary(workdir, list(config.members), config.folds), fusion, ev,
+                             size_mb, data)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.prepare import prepare_studies
+
+    config = load_config(args.config)
+    done, failed = prepare_studies(Path(args.studies), Path(args.out), config.grids,
+                                   labels_csv=Path(args.labels) if args.labels else None,
+                                   progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"prepared {done} case(s); {len(failed)} failed")
+    for sid, reason in failed.items():
+        print(f"  {sid}: {reason}")
+    return 0 if done else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.trainer import train
+
+    config = load_config(args.config)
+    res = train(config, args.cases, args.workdir, members=args.members, device=args.device,
+                progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
+    for m, folds in res.items():
+        done = [f for f in folds if "best_val_auc" in f]
+        aucs = ", ".join(f"{f['best_val_auc']:.3f}" for f in done)
+        print(f"{m}: {len(done)}/{len(folds)} folds finished; best validation AUC per fold: {aucs}")
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.evaluation import fuse_oof
+
+    res = fuse_oof(load_config(args.config), args.workdir)
+    for name, e in res["ensembles"].items():
+        print(f"{name}: weights {e['weights']} ({e['weight_rule']}), OOF AUC {e['oof_metrics']['auc']:.3f}; "
+              f"searched {e['searched_weights']} (AUC {e['searched_oof_auc']:.3f})")
+    for name, m in res["members"].items():
+        print(f"{name}: OOF AUC {m['auc']:.3f} ({m['auc_ci_low']:.3f}-{m['auc_ci_high']:.3f})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.export import MemberExport, ModelSetExport, ensembles_mapping, write_model_set
+    from training.trainer import fold_weight_files
+
+    config = load_config(args.config)
+    workdir = Path(args.workdir)
+    fusion = json.loads((workdir / "fusion.json").read_text())
+    members = [MemberExport(m.name, m.architecture, m.hyperparameters, m.input_key,
+                            fold_weight_files(workdir, m.name, config.folds)) for m in config.members.values()]
+    size_mb = sum(f.stat().st_size for m in members for f in m.fold_files) / 2**20
+    ensembles = ensembles_mapping({n: e["weights"] for n, e in fusion["ensembles"].items()},
+                                  {n: e.threshold for n, e in config.ensembles.items()})
+    preprocessing = {"grids": config.grids_mapping(), "stages": "operators/ (same code as the app)"}
+    meta = ModelSetExport(config.name, config.version, config.synthetic, config.intended_use,
+                          config.grids_mapping(), ensembles, config.primary, preprocessing=preprocessing)
+    card = _card_text(config, workdir, Path(args.evaluation) if args.evaluation else None, size_mb,
+                      args.data_description)
+    ms = write_model_set(args.out, meta, members, card)
+    print(f"model set written to {args.out}: {len(ms.members)} members, {size_mb:.1f} MB, identity {ms.identity}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluation import evaluate_model_set
+
+    rep = evaluate_model_set(args.model_set, args.cases, args.out, device=args.device,
+                             progress=not args.no_progress)
+    print(f"{rep['n_cases']} cases; model set {rep['model_set']} {rep['version']}"
+          f"{' (SYNTHETIC demo)' if rep['synthetic'] else ''}")
+    for kind in ("members", "ensembles"):
+        for name, m in rep[kind].items():
+            print(f"  {name:12s} AUC {m['auc']:.3f} ({m['auc_ci_low']:.3f}-{m['auc_ci_high']:.3f}) "
+                  f"ACC {m['accuracy']:.3f} SEN {m['sensitivity']:.3f} SPE {m['specificity']:.3f} "
+                  f"Brier {m['brier']:.3f}")
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from operators.model_manifest import load_model_set
+    from training.config import load_config
+
+    config = load_config(args.config)
+    ms = load_model_set(args.model_set)
+    size_mb = sum(f.path.stat().st_size for m in ms.members.values() for f in m.folds) / 2**20
+    text = _card_text(config, Path(args.workdir), Path(args.evaluation) if args.evaluation else None, size_mb,
+                      args.data_description)
+    target = ms.model_card or (ms.root / "MODEL_CARD.md")
+    target.write_text(text, encoding="utf-8")
+    print(f"model card written to {target}")
+    return 0
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    cmd_train(args)
+    cmd_fuse(args)
+    return cmd_export(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, *, config=True, workdir=False, cases=False) -> None:
+        if config:
+            sp.add_argument("--config", required=True, help="training config YAML or preset name (published, demo)")
+        if workdir:
+            sp.add_argument("--workdir", required=True, help="work folder (state files, resumable)")
+        if cases:
+            sp.add_argument("--cases", required=True, help="folder of prepared case files (.npz)")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sp = sub.add_parser("prepare", help="study folders -> case files")
+    common(sp)
+    sp.add_argument("--studies", required=True, help="folder of study folders (<sid>/input[, <sid>/truth])")
+    sp.add_argument("--out", required=True, help="case folder to write")
+    sp.add_argument("--labels", help="CSV case_id,label (else each study's truth/truth.json)")
+    sp.add_argument("--overwrite", action="store_true", help="redo cases that already exist")
+    sp.set_defaults(func=cmd_prepare)
+
+    def train_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--members", nargs="*", help="only these members")
+        sp.add_argument("--device", default="auto")
+        sp.add_argument("--stop-after-epochs", type=int, default=None,
+                        help="stop each fold after this many epochs in this run (resume later)")
+
+    def export_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--out", required=True, help="model set folder to write")
+        sp.add_argument("--evaluation", help="evaluation.json to include in the card")
+        sp.add_argument("--data-description", default="", help="training data description for the card")
+
+    sp = sub.add_parser("train", help="k-fold cross-validation (resumable)")
+    common(sp, workdir=True, cases=True)
+    train_args(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("fuse", help="fusion weights + out-of-fold metrics")
+    common(sp, workdir=True)
+    sp.set_defaults(func=cmd_fuse)
+
+    sp = sub.add_parser("export", help="write the model set folder")
+    common(sp, workdir=True)
+    export_args(sp)
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("evaluate", help="score held-out cases with a model set")
+    common(sp, config=False, cases=True)
+    sp.add_argument("--model-set", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--device", default="auto")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("card", help="(re)write MODEL_CARD.md of a model set")
+    common(sp, workdir=True)
+    sp.add_argument("--model-set", required=True)
+    sp.add_argument("--evaluation")
+    sp.add_argument("--data-description", default="")
+    sp.set_defaults(func=cmd_card)
+
+    sp = sub.add_parser("all", help="train + fuse + export")
+    common(sp, workdir=True, cases=True)
+    train_args(sp)
+    export_args(sp)
+    sp.set_defaults(func=cmd_all)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - one clear line for expected failures
+        from operators.errors import PipelineError
+        from training.config import TrainingConfigError
+        from training.trainer import TrainingError
+
+        if isinstance(exc, (PipelineError, TrainingConfigError, TrainingError, FileNotFoundError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise

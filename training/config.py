@@ -1,0 +1,182 @@
+"""Training configuration: members, recipes, grids, ensembles (YAML) and the built-in presets.
+
+Format (``tsc-training/1``)::
+
+    format: tsc-training/1
+    name: tsc-demo-synthetic
+    version: 0.1.0
+    synthetic: true
+    intended_use: >- ...
+    folds: 5
+    seed: 0
+    grids: {wae: {shape: [...], spacing_mm: [...]}, ...}     # as in the model manifest
+    recipes:
+      wae:  {loss: focal, lr: 0.001, batch_size: 4, epochs: 100, augment: false}
+      etsc: {loss: bce,   lr: 0.001, batch_size: 4, epochs: 100, augment: true}
+    members:
+      t2_wae: {architecture: resnet3d-34, hyperparameters: {}, input: t2@wae, recipe: wae}
+      ...
+    ensembles:
+      WAE-Net:  {members: [t2_wae, flair_wae, flair3_wae, clinical], weights: equal}
+      eTSC-Net: {members: [t2_etsc, flair_etsc], weights: search}      # or an explicit mapping
+    primary: WAE-Net
+
+Presets (``training/configs/*.yaml``): ``published`` (full-size members at the
+published grids and recipes) and ``demo`` (reduced width and grid, for the
+synthetic demo model set; the manifest and model card say so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from operators.model_grid import GridSpec
+from operators.model_manifest import parse_input_key
+from operators.networks import check_hyperparameters
+
+TRAINING_FORMAT = "tsc-training/1"
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class TrainingConfigError(ValueError):
+    """An invalid training configuration (names the file and field)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one member is trained (published recipes: WAE focal loss, eTSC BCE + augmentation)."""
+
+    loss: str = "focal"
+    lr: float = 1e-3
+    batch_size: int = 4
+    epochs: int = 100
+    augment: bool = False
+    focal_gamma: float = 2.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    name: str
+    architecture: str
+    hyperparameters: dict[str, Any]
+    input_key: str
+    recipe: Recipe
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    name: str
+    members: tuple[str, ...]
+    weights: str | dict[str, float]  # "equal", "search" or explicit
+    threshold: float = 0.5
+
+
+@dataclass
+class TrainingConfig:
+    name: str
+    version: str
+    synthetic: bool
+    intended_use: str
+    folds: int
+    seed: int
+    grids: dict[str, GridSpec]
+    members: dict[str, MemberConfig]
+    ensembles: dict[str, EnsembleConfig]
+    primary: str
+    notes: str = ""
+    source: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def grids_mapping(self) -> dict[str, dict[str, Any]]:
+        return {n: {"shape": list(g.shape), "spacing_mm": list(g.spacing_mm)} for n, g in self.grids.items()}
+
+
+def load_config(path_or_preset: str | Path) -> TrainingConfig:
+    """Load a config file, or a preset by name (``"published"``, ``"demo"``)."""
+    path = Path(path_or_preset)
+    if not path.is_file():
+        preset = PRESETS_DIR / f"{path_or_preset}.yaml"
+        if not preset.is_file():
+            raise TrainingConfigError(f"{path_or_preset}: not a file and not a preset "
+                                      f"({', '.join(p.stem for p in sorted(PRESETS_DIR.glob('*.yaml')))})")
+        path = preset
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise TrainingConfigError(f"{path}: cannot be read ({exc})") from exc
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: Any, source: str = "config") -> TrainingConfig:
+    def err(where: str, what: str) -> TrainingConfigError:
+        return TrainingConfigError(f"{source}: {where}: {what}")
+
+    if not isinstance(data, Mapping) or data.get("format") != TRAINING_FORMAT:
+        raise err("format", f"must be {TRAINING_FORMAT!r}")
+    try:
+        grids = {n: GridSpec.from_dict(n, g) for n, g in (data.get("grids") or {}).items()}
+    except ValueError as exc:
+        raise err("grids", str(exc)) from exc
+    recipes: dict[str, Recipe] = {}
+    for rname, r in (data.get("recipes") or {}).items():
+        try:
+            r = dict(r)
+            for key, typ in (("lr", float), ("batch_size", int), ("epochs", int), ("focal_gamma", float),
+                             ("weight_decay", float)):
+                if key in r:
+                    r[key] = typ(r[key])  # YAML reads "1e-3" as a string
+            recipes[rname] = Recipe(**r)
+        except (TypeError, ValueError) as exc:
+            raise err(f"recipes.{rname}", str(exc)) from exc
+        if recipes[rname].loss not in ("focal", "bce"):
+            raise err(f"recipes.{rname}.loss", "must be focal or bce")
+    members: dict[str, MemberConfig] = {}
+    for mname, m in (data.get("members") or {}).items():
+        where = f"members.{mname}"
+        try:
+            arch, key = m["architecture"], m["input"]
+            hp = dict(m.get("hyperparameters") or {})
+            check_hyperparameters(arch, hp)
+            _, grid = parse_input_key(key)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise err(where, str(exc)) from exc
+        if grid is not None and grid not in grids:
+            raise err(f"{where}.input", f"grid {grid!r} not declared")
+        recipe = m.get("recipe")
+        if recipe not in recipes:
+            raise err(f"{where}.recipe", f"unknown recipe {recipe!r}")
+        members[mname] = MemberConfig(mname, arch, hp, key, recipes[recipe])
+    if not members:
+        raise err("members", "no members")
+    ensembles: dict[str, EnsembleConfig] = {}
+    for ename, e in (data.get("ensembles") or {}).items():
+        where = f"ensembles.{ename}"
+        names = tuple(e.get("members") or ())
+        unknown = [n for n in names if n not in members]
+        if not names or unknown:
+            raise err(f"{where}.members", f"unknown or empty: {unknown or names}")
+        weights = e.get("weights", "search")
+        if isinstance(weights, Mapping):
+            weights = {str(k): float(v) for k, v in weights.items()}
+            if set(weights) != set(names) or abs(sum(weights.values()) - 1) > 1e-6:
+                raise err(f"{where}.weights", "explicit weights must cover the members and sum to 1")
+        elif weights not in ("equal", "search"):
+            raise err(f"{where}.weights", "must be 'equal', 'search' or a mapping")
+        ensembles[ename] = EnsembleConfig(ename, names, weights, float(e.get("threshold", 0.5)))
+    primary = data.get("primary")
+    if primary not in ensembles:
+        raise err("primary", f"{primary!r} is not an ensemble")
+    folds = int(data.get("folds", 5))
+    if folds < 2:
+        raise err("folds", "at least 2")
+    return TrainingConfig(name=str(data["name"]), version=str(data.get("version", "0.1.0")),
+                          synthetic=bool(data.get("synthetic", False)),
+                          intended_use=str(data.get("intended_use", "")).strip(), folds=folds,
+                          seed=int(data.get("seed", 0)), grids=grids, members=members, ensembles=ensembles,
+                          primary=primary, notes=str(data.get("notes", "")).strip(), source=source,
+                          raw=dict(data))
