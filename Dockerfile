@@ -2,12 +2,13 @@
 # conventions) and the DICOM node (`python -m app serve`).
 #
 #   docker build -t tsc-epilepsy-outcome:0.1.0 .
-#   # with HD-BET weights fetched at build time (check HD-BET's licence first, see docs/preprocessing.md):
+#   # with HD-BET weights fetched at build time (check the weights' licence first; SHA-256 required; see docs/deployment.md):
 #   docker build --build-arg HDBET_WEIGHTS_URL='https://zenodo.org/records/14445620/files/release_v1.5.0.zip?download=1' \
 #                --build-arg HDBET_WEIGHTS_SHA256=<sha256 of that zip> -t tsc-epilepsy-outcome:0.1.0 .
 #   # GPU hosts: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 #
-# The same install steps (scripts/install.sh) are exercised by CI outside Docker.
+# The same install steps (scripts/install.sh) are exercised by CI outside Docker. Run with
+# `--ulimit stack=33554432`; full guide (MAP packaging too): docs/deployment.md.
 FROM python:3.11-slim-bookworm
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
