@@ -1,0 +1,98 @@
+"""Application configuration: one YAML file, every key optional.
+
+Example (all keys shown with their defaults)::
+
+    models: null              # model-set folder; default: -m / HOLOSCAN_MODEL_PATH / ./models
+    device: auto              # auto | cpu | cuda | cuda:N (inference and HD-BET)
+    brain_extraction: auto    # auto (HD-BET when its weights are installed, else fallback) | hd-bet | fallback
+    hdbet_weights: null       # HD-BET weights folder; default models/hd_bet/release_2.0.0 or $TSC_HDBET_WEIGHTS
+    series_rules: null        # site series-selection rules (docs/series-selection.md)
+    clinical_lookup: null     # site clinical lookup CSV keyed by AccessionNumber (docs/clinical-data.md)
+    outputs: {}               # which results to write (docs/outputs.md)
+
+Relative paths resolve against the configuration file's folder. Unknown keys
+are rejected so that a typo cannot silently change behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from operators.errors import PipelineError
+from operators.output_config import OutputConfig, output_config_from_dict
+
+_PATH_KEYS = ("models", "hdbet_weights", "series_rules", "clinical_lookup")
+BRAIN_EXTRACTION_CHOICES = ("auto", "hd-bet", "fallback")
+
+
+class ConfigurationError(PipelineError):
+    """The application configuration is invalid."""
+
+    stage = "configuration"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Validated application configuration (see the module docstring)."""
+
+    models: Path | None = None
+    device: str = "auto"
+    brain_extraction: str = "auto"
+    hdbet_weights: Path | None = None
+    series_rules: Path | None = None
+    clinical_lookup: Path | None = None
+    outputs: OutputConfig = field(default_factory=OutputConfig)
+    base_dir: Path | None = None
+
+
+def app_config_from_dict(values: Mapping[str, Any] | None, base_dir: Path | None = None) -> AppConfig:
+    """Build an :class:`AppConfig` from a mapping.
+
+    Raises:
+        ConfigurationError: Unknown key or invalid value.
+    """
+    values = dict(values or {})
+    known = {f.name for f in fields(AppConfig)} - {"base_dir"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigurationError(f"unknown configuration key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    kwargs: dict[str, Any] = {"base_dir": base_dir}
+    for key in _PATH_KEYS:
+        if values.get(key) is not None:
+            path = Path(str(values[key])).expanduser()
+            kwargs[key] = path if path.is_absolute() or base_dir is None else base_dir / path
+    if "device" in values:
+        kwargs["device"] = str(values["device"])
+    if "brain_extraction" in values:
+        method = str(values["brain_extraction"])
+        if method not in BRAIN_EXTRACTION_CHOICES:
+            raise ConfigurationError(f"brain_extraction must be one of {', '.join(BRAIN_EXTRACTION_CHOICES)}, "
+                                     f"got {method!r}")
+        kwargs["brain_extraction"] = method
+    try:
+        kwargs["outputs"] = output_config_from_dict(values.get("outputs"))
+    except ValueError as exc:
+        raise ConfigurationError(f"outputs: {exc}") from exc
+    return AppConfig(**kwargs)
+
+
+def load_app_config(path: Path | str | None) -> AppConfig:
+    """Read the configuration file (None: all defaults).
+
+    Raises:
+        ConfigurationError: Unreadable file, not a mapping, or invalid content.
+    """
+    if path is None:
+        return AppConfig()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read configuration {path.name}: {exc}") from exc
+    if data is not None and not isinstance(data, dict):
+        raise ConfigurationError(f"configuration {path.name} must be a mapping of keys to values")
+    return app_config_from_dict(data, base_dir=path.resolve().parent)
