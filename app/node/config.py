@@ -80,6 +80,7 @@ class StudyConfig:
     """When a study counts as complete."""
 
     quiet_period_s: float = 60.0
+    interrupted_quiet_period_s: float = 300.0
     poll_interval_s: float = 1.0
 
 
@@ -165,8 +166,8 @@ class NodeConfig:
             raise ConfigError("scp.allowed_calling_aes: empty; list the PACS AE titles (or '*' for any)")
         if self.scp.tls.enabled and not (self.scp.tls.cert_file and self.scp.tls.key_file):
             raise ConfigError("scp.tls: enabled but cert_file/key_file not set")
-        if self.study.quiet_period_s < 0:
-            raise ConfigError("study.quiet_period_s must be >= 0")
+        if self.study.quiet_period_s < 0 or self.study.interrupted_quiet_period_s < 0:
+            raise ConfigError("study.quiet_period_s and study.interrupted_quiet_period_s must be >= 0")
         if self.worker.concurrency < 1:
             raise ConfigError("worker.concurrency must be >= 1")
         if self.worker.study_timeout_s <= 0:

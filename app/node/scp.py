@@ -132,7 +132,9 @@ class StoreScp:
     """
 
     def __init__(self, config: ScpConfig, spool: Spool,
-                 on_stored: Callable[[str], None] | None = None) -> None:
+                 on_stored: Callable[[str], None] | None = None,
+                 interrupted_hold_s: float = 0.0) -> None:
+        self.interrupted_hold_s = interrupted_hold_s
         self.config = config
         self.spool = spool
         self.on_stored = on_stored
@@ -174,6 +176,7 @@ class StoreScp:
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_ESTABLISHED, self._handle_established),
             (evt.EVT_ABORTED, self._handle_aborted),
+            (evt.EVT_CONN_CLOSE, self._handle_closed),
         ]
         server = self.ae.make_server(
             (cfg.host, cfg.port), ae_title=cfg.ae_title, ssl_context=ssl_context,
@@ -220,6 +223,16 @@ class StoreScp:
     def _handle_aborted(self, event: Any) -> None:
         logger.info("association aborted", extra={"event": "assoc_aborted", **self._peer(event)})
 
+    def _handle_closed(self, event: Any) -> None:
+        assoc = event.assoc
+        studies = getattr(assoc, "_tsc_studies", None)
+        if studies and not assoc.is_released:
+            # Aborted or dropped mid-study: the sender will likely retry the whole study.
+            self.spool.hold(studies, self.interrupted_hold_s)
+            logger.warning("association ended without release; its studies wait for a retry",
+                           extra={"event": "assoc_interrupted", "studies": len(studies),
+                                  "hold_s": self.interrupted_hold_s, **self._peer(event)})
+
     def _handle_store(self, event: Any) -> int:
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID or "")
@@ -255,6 +268,11 @@ class StoreScp:
         except Exception:
             logger.exception("instance not stored", extra={"event": "store_failed"})
             return STATUS_PROCESSING_FAILURE
+        study_key = uid_key(header.study_uid)
+        studies = getattr(event.assoc, "_tsc_studies", None)
+        if studies is None:
+            studies = event.assoc._tsc_studies = set()
+        studies.add(study_key)
         if self.on_stored is not None:
-            self.on_stored(uid_key(header.study_uid))
+            self.on_stored(study_key)
         return STATUS_SUCCESS

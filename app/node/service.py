@@ -48,7 +48,8 @@ class NodeService:
         self.config = config
         self.spool = Spool(config.spool_dir, min_free_bytes=int(config.spool.min_free_mb * 1024 * 1024),
                            fsync=config.spool.fsync)
-        self.tracker = StudyTracker(self.spool, config.study.quiet_period_s)
+        self.tracker = StudyTracker(self.spool, config.study.quiet_period_s,
+                                    config.study.interrupted_quiet_period_s)
         self.outbox = Outbox(self.spool, config.outbox, config.scp.ae_title, _client_ssl_context(config))
         self.pool = WorkerPool(
             self.spool, self.outbox.enqueue, self.outbox.delivered_record,
@@ -57,7 +58,8 @@ class NodeService:
             max_attempts=config.worker.max_attempts, startup_timeout_s=config.worker.startup_timeout_s,
             keep_done_inputs=config.spool.keep_done_inputs, log_level=config.logging.level,
             log_format=config.logging.format)
-        self.scp = StoreScp(config.scp, self.spool)
+        self.scp = StoreScp(config.scp, self.spool,
+                            interrupted_hold_s=config.study.interrupted_quiet_period_s)
         self._stop = threading.Event()
         self._tracker_thread: threading.Thread | None = None
 

@@ -202,6 +202,15 @@ class Spool:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.last_activity: dict[str, float] = {}
+        # study key -> monotonic time before which the study must not be considered complete
+        self.hold_until: dict[str, float] = {}
+
+    def hold(self, study_keys: "set[str] | list[str]", seconds: float) -> None:
+        """Keep studies whose receipt was interrupted open for a retry by the sender."""
+        until = time.monotonic() + seconds
+        for key in study_keys:
+            with self.study_lock(key):
+                self.hold_until[key] = max(self.hold_until.get(key, 0.0), until)
 
     def path(self, sub: str) -> Path:
         return self.root / sub

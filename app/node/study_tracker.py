@@ -5,9 +5,11 @@ A study is complete when no instance of it has arrived for ``quiet_period_s``
 one atomic rename, into ``jobs/<job_id>/input``; the job record ``job.json``
 holds its state (``queued`` / ``running``), attempt count and study UID.
 
-After a restart, every incoming folder gets a fresh quiet period (activity
-times are not persisted) and every job folder is queued again, so nothing that
-was acknowledged is forgotten. A batch whose instances were all part of an
+After a restart, every incoming folder gets the longer
+``interrupted_quiet_period_s`` (the node may have died in the middle of the
+study, and the sender needs time to retry; the same applies to studies of an
+association that was aborted), and every job folder is queued again, so
+nothing that was acknowledged is forgotten. A batch whose instances were all part of an
 earlier job of the same study (a PACS re-sending a study already processed) is
 recognised from ``state/<study>.seen`` and not processed twice.
 """
@@ -72,9 +74,12 @@ class StudyTracker:
         quiet_period_s: Seconds without a new instance after which a study is complete.
     """
 
-    def __init__(self, spool: Spool, quiet_period_s: float) -> None:
+    def __init__(self, spool: Spool, quiet_period_s: float,
+                 interrupted_quiet_period_s: float | None = None) -> None:
         self.spool = spool
         self.quiet_period_s = quiet_period_s
+        self.interrupted_quiet_period_s = (quiet_period_s if interrupted_quiet_period_s is None
+                                           else interrupted_quiet_period_s)
         self.jobs_dir = spool.path("jobs")
         self._seq_lock = threading.Lock()
         self._last_ns = 0
@@ -88,8 +93,11 @@ class StudyTracker:
             else:
                 shutil.rmtree(staging, ignore_errors=True)
         now = time.monotonic()
-        for key in self.spool.incoming_studies():
+        keys = self.spool.incoming_studies()
+        for key in keys:
             self.spool.last_activity.setdefault(key, now)
+        # The node may have died in the middle of these studies: give the sender time to retry.
+        self.spool.hold(keys, self.interrupted_quiet_period_s)
         for job in self.pending_jobs():
             record = read_json(job.record_path)
             if record.get("state") == "running":
@@ -111,14 +119,16 @@ class StudyTracker:
         now = time.monotonic()
         new: list[Job] = []
         for key, last in list(self.spool.last_activity.items()):
-            if now - last < self.quiet_period_s:
+            if now - last < self.quiet_period_s or now < self.spool.hold_until.get(key, 0.0):
                 continue
             with self.spool.study_lock(key):
                 last = self.spool.last_activity.get(key)
-                if last is None or time.monotonic() - last < self.quiet_period_s:
+                t = time.monotonic()
+                if last is None or t - last < self.quiet_period_s or t < self.spool.hold_until.get(key, 0.0):
                     continue
                 job = self._make_job(key)
                 del self.spool.last_activity[key]
+                self.spool.hold_until.pop(key, None)
             if job is not None:
                 new.append(job)
         return new
