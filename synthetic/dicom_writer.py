@@ -16,14 +16,19 @@ writes Part 10 files. Encodings:
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     JPEG2000Lossless,
     JPEGLSLossless,
     ExplicitVRLittleEndian,
@@ -176,12 +181,17 @@ def _common(ds: Dataset, ctx: StudyContext, series: SeriesData) -> None:
     ds.PositionReferenceIndicator = ""
 
 
-def _pixel_module(ds: Dataset, frames_pixels: np.ndarray) -> None:
+def bits_stored(series: SeriesData) -> int:
+    """12 bits like most MR scanners when the values fit, else 16."""
+    top = max(int(f.pixels.max(initial=0)) for f in series.frames)
+    return 12 if top < 4096 else 16
+
+
+def _pixel_module(ds: Dataset, rows: int, columns: int, bits: int) -> None:
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = int(frames_pixels.shape[-2]), int(frames_pixels.shape[-1])
+    ds.Rows, ds.Columns = rows, columns
     ds.BitsAllocated = 16
-    bits = 12 if int(frames_pixels.max(initial=0)) < 4096 else 16
     ds.BitsStored = bits
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
@@ -247,36 +257,102 @@ def _slice_location(frame: Frame) -> float:
     return float(np.dot(np.cross(row, col), frame.position))
 
 
-def classic_datasets(ctx: StudyContext, series: SeriesData, transfer_syntax: UID = ExplicitVRLittleEndian
-                     ) -> list[Dataset]:
-    """One MR Image Storage dataset per frame."""
-    out = []
+def _encode_elements(ds: Dataset, encodings: list[str]) -> dict[int, bytes]:
+    """Explicit VR Little Endian encoding of each element, keyed by tag."""
+    out: dict[int, bytes] = {}
+    for elem in ds:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_data_element(fp, elem, encodings)
+        out[int(elem.tag)] = fp.getvalue()
+    return out
+
+
+_LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "SQ", "UC", "UN", "UR", "UT"}
+
+
+def _element_bytes(tag: int, vr: str, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element (value already padded to even length)."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
+    if vr in _LONG_VRS:
+        return head + struct.pack("<HI", 0, len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _text(value: str, pad: bytes = b" ") -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def _file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, DICM prefix and File Meta Information group."""
+    body = b"".join([
+        _element_bytes(0x00020001, "OB", b"\x00\x01"),
+        _element_bytes(0x00020002, "UI", _text(sop_class, b"\x00")),
+        _element_bytes(0x00020003, "UI", _text(sop_uid, b"\x00")),
+        _element_bytes(0x00020010, "UI", _text(transfer_syntax, b"\x00")),
+        _element_bytes(0x00020012, "UI", _text(PYDICOM_IMPLEMENTATION_UID, b"\x00")),
+        _element_bytes(0x00020013, "SH", _text(IMPLEMENTATION_VERSION)),
+    ])
+    return b"\x00" * 128 + b"DICM" + _element_bytes(0x00020000, "UL", struct.pack("<I", len(body))) + body
+
+
+def _series_template(ctx: StudyContext, series: SeriesData) -> Dataset:
+    """The attributes every single-frame instance of a series shares."""
+    ds = Dataset()
+    ds.ImageType = list(series.image_type)
+    ds.InstanceCreationDate = ctx.study_date
+    ds.InstanceCreationTime = series.series_time
+    ds.SOPClassUID = MR_IMAGE_STORAGE
+    _common(ds, ctx, series)
+    _classic_mr_attributes(ds, series)
+    ds.PixelSpacing = [_ds_str(series.pixel_spacing[0]), _ds_str(series.pixel_spacing[1])]
+    _set_rescale_and_window(ds, series)
+    return ds
+
+
+def write_classic_series(folder: Path, ctx: StudyContext, series: SeriesData,
+                         transfer_syntax: UID = ExplicitVRLittleEndian) -> list[Path]:
+    """Write one MR Image Storage file per frame.
+
+    The shared attributes are encoded once per series and only the per-frame
+    elements (UID, position, pixels...) per file: pydicom's generic writer spends
+    most of its time re-validating and re-encoding identical elements.
+    """
+    encodings = convert_encodings(ctx.character_set)
+    template = _series_template(ctx, series)
+    first = series.frames[0].pixels
+    _pixel_module(template, int(first.shape[0]), int(first.shape[1]), bits_stored(series))
+    shared = _encode_elements(template, encodings)
+    paths = []
     for n, frame in enumerate(series.frames, start=1):
         sop_uid = make_uid(ctx.uid_entropy, series.series_uid, "sop", n)
-        ds = Dataset()
-        ds.file_meta = _file_meta(MR_IMAGE_STORAGE, sop_uid, transfer_syntax)
-        ds.ImageType = list(series.image_type)
-        ds.InstanceCreationDate = ctx.study_date
-        ds.InstanceCreationTime = series.series_time
-        ds.SOPClassUID = MR_IMAGE_STORAGE
-        ds.SOPInstanceUID = sop_uid
-        _common(ds, ctx, series)
-        _classic_mr_attributes(ds, series)
+        elements = dict(shared)
+        elements[0x00080018] = _element_bytes(0x00080018, "UI", _text(sop_uid, b"\x00"))
+        elements[0x00200013] = _element_bytes(0x00200013, "IS", _text(str(n)))
+        elements[0x00200032] = _element_bytes(0x00200032, "DS", _text("\\".join(_ds_str(v) for v in frame.position)))
+        elements[0x00200037] = _element_bytes(0x00200037, "DS",
+                                              _text("\\".join(_ds_str(v) for v in frame.orientation)))
+        elements[0x00201041] = _element_bytes(0x00201041, "DS", _text(_ds_str(_slice_location(frame))))
+        per_frame = Dataset()
         for key, value in frame.extra.items():
-            setattr(ds, key, value)
-        ds.InstanceNumber = n
-        ds.ImagePositionPatient = [_ds_str(v) for v in frame.position]
-        ds.ImageOrientationPatient = [_ds_str(v) for v in frame.orientation]
-        ds.SliceLocation = _ds_str(_slice_location(frame))
-        ds.PixelSpacing = [_ds_str(series.pixel_spacing[0]), _ds_str(series.pixel_spacing[1])]
-        _pixel_module(ds, frame.pixels)
-        _set_rescale_and_window(ds, series)
-        ds.PixelData = np.ascontiguousarray(frame.pixels, dtype="<u2").tobytes()
-        if transfer_syntax != ExplicitVRLittleEndian:
-            ds.compress(transfer_syntax, np.asarray(frame.pixels, dtype=np.uint16),
-                        generate_instance_uid=False)
-        out.append(ds)
-    return out
+            setattr(per_frame, key, value)
+        pixels = np.ascontiguousarray(frame.pixels, dtype="<u2")
+        if transfer_syntax == ExplicitVRLittleEndian:
+            elements[0x7FE00010] = _element_bytes(0x7FE00010, "OW", pixels.tobytes())
+        else:
+            _pixel_module(per_frame, int(pixels.shape[0]), int(pixels.shape[1]), int(template.BitsStored))
+            per_frame.compress(transfer_syntax, pixels, generate_instance_uid=False)
+            per_frame["PixelData"].is_undefined_length = True
+            for keyword in ("SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+                            "BitsStored", "HighBit", "PixelRepresentation"):
+                del per_frame[keyword]
+        elements.update(_encode_elements(per_frame, encodings))
+        path = folder / f"IM{n:04d}.dcm"
+        path.write_bytes(_file_meta_bytes(MR_IMAGE_STORAGE, sop_uid, transfer_syntax)
+                         + b"".join(elements[tag] for tag in sorted(elements)))
+        paths.append(path)
+    return paths
 
 
 def write_series(folder: Path, ctx: StudyContext, series: SeriesData, encoding: str = "classic") -> list[Path]:
@@ -287,19 +363,16 @@ def write_series(folder: Path, ctx: StudyContext, series: SeriesData, encoding: 
     """
     folder.mkdir(parents=True, exist_ok=True)
     if encoding == "classic":
-        datasets = classic_datasets(ctx, series)
+        paths = write_classic_series(folder, ctx, series)
     elif encoding in _COMPRESSED:
-        datasets = classic_datasets(ctx, series, _COMPRESSED[encoding])
+        paths = write_classic_series(folder, ctx, series, _COMPRESSED[encoding])
     elif encoding == "enhanced":
         from .enhanced import enhanced_dataset
 
-        datasets = [enhanced_dataset(ctx, series)]
+        path = folder / "IM0001.dcm"
+        enhanced_dataset(ctx, series).save_as(path, enforce_file_format=True)
+        paths = [path]
     else:
         raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
-    paths = []
-    for n, ds in enumerate(datasets, start=1):
-        path = folder / f"IM{n:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
     logger.debug("wrote series %s (%d files, %s)", series.series_uid, len(paths), encoding)
     return paths

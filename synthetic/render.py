@@ -180,26 +180,35 @@ def render_contrast(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[labels].mean(axis=1, dtype=np.float32)
 
 
-def bias_field(grid: SeriesGrid, coefficients: np.ndarray, scale_mm: float = 100.0) -> np.ndarray:
-    """Smooth multiplicative field from a quadratic polynomial in scanner coordinates.
+def bias_field(grid: SeriesGrid, coefficients: np.ndarray, scale_mm: float = 100.0, step: int = 8) -> np.ndarray:
+    """Smooth multiplicative field: exp of a quadratic polynomial in scanner coordinates.
+
+    Evaluated every ``step`` pixels in-plane and linearly interpolated (the field is smooth).
 
     Args:
         grid: The grid to evaluate on.
         coefficients: 9 coefficients (x, y, z, x^2, y^2, z^2, xy, xz, yz) of the log field.
         scale_mm: Length that normalises the coordinates.
+        step: In-plane subsampling of the exact evaluation.
     """
-    ii = np.arange(grid.columns, dtype=np.float32) * grid.pixel_mm[0]
-    jj = np.arange(grid.rows, dtype=np.float32) * grid.pixel_mm[1]
-    kk = np.arange(grid.slices, dtype=np.float32) * grid.slice_spacing_mm
-    d = grid.direction.astype(np.float32)
-    o = grid.origin.astype(np.float32)
-    pos = (o + kk[:, None, None, None] * d[:, 2] + jj[None, :, None, None] * d[:, 1]
-           + ii[None, None, :, None] * d[:, 0]) / scale_mm
+    ic = np.arange(0, grid.columns + step, step, dtype=np.float64)
+    jc = np.arange(0, grid.rows + step, step, dtype=np.float64)
+    kk = np.arange(grid.slices, dtype=np.float64)
+    d = grid.direction
+    pos = (grid.origin + kk[:, None, None, None] * grid.slice_spacing_mm * d[:, 2]
+           + jc[None, :, None, None] * grid.pixel_mm[1] * d[:, 1]
+           + ic[None, None, :, None] * grid.pixel_mm[0] * d[:, 0]) / scale_mm
     x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
-    c = coefficients.astype(np.float32)
-    log_field = (c[0] * x + c[1] * y + c[2] * z + c[3] * x * x + c[4] * y * y + c[5] * z * z
-                 + c[6] * x * y + c[7] * x * z + c[8] * y * z)
-    return np.exp(log_field)
+    c = coefficients
+    coarse = np.exp(c[0] * x + c[1] * y + c[2] * z + c[3] * x * x + c[4] * y * y + c[5] * z * z
+                    + c[6] * x * y + c[7] * x * z + c[8] * y * z)
+    # Separable linear interpolation from the coarse to the full in-plane grid.
+    fi = np.arange(grid.columns) / step
+    fj = np.arange(grid.rows) / step
+    i0, j0 = fi.astype(int), fj.astype(int)
+    wi, wj = (fi - i0)[None, None, :], (fj - j0)[None, :, None]
+    rows = coarse[:, j0, :] * (1 - wj) + coarse[:, j0 + 1, :] * wj
+    return (rows[:, :, i0] * (1 - wi) + rows[:, :, i0 + 1] * wi).astype(np.float32)
 
 
 def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -421,7 +421,7 @@ def generate_study(out_root: Path, seed: int, options: StudyOptions | None = Non
                                            (600.0, 1200.0), "LOCALIZER")
     if "t1" in decoys:
         if t1_variant == "3d":
-            g = SeriesGrid.centred(head_centre + drng.uniform(-3, 3, size=3), SAGITTAL, 192, 192, 120, 1.2, 1.2, 1.2)
+            g = SeriesGrid.centred(head_centre + drng.uniform(-3, 3, size=3), SAGITTAL, 144, 144, 96, 1.6, 1.6, 1.6)
             key = "t1_3d"
         else:
             g = SeriesGrid.centred(flair_grid.centre(), AXIAL, 256, 256, options.slices, 0.9, spacing, thick)
