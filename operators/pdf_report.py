@@ -253,7 +253,8 @@ def render_report_pdf(
         story += [PageBreak(), Paragraph("Key slices", heading), Paragraph(
             "FLAIR, T2 registered into FLAIR space, and FLAIR3, with the brain-mask outline "
             "(yellow). Radiological orientation (patient's right on the image left).", small)]
-        story.append(_scaled_image(Image, _key_slices_figure(preprocessed, key_slices), 16 * cm))
+        story.append(_scaled_image(Image, _key_slices_figure(preprocessed, key_slices), 16 * cm,
+                                   max_height=20 * cm))
 
     story.append(Paragraph("Intended use", heading))
     intended = prediction.intended_use or (
@@ -280,12 +281,14 @@ def render_report_pdf(
     return buffer.getvalue()
 
 
-def _scaled_image(image_class, png: BytesIO, width: float):
+def _scaled_image(image_class, png: BytesIO, width: float, max_height: float = 600.0):
+    """A reportlab image of at most ``width`` x ``max_height`` points, aspect kept."""
     from reportlab.lib.utils import ImageReader
 
     pixel_width, pixel_height = ImageReader(png).getSize()
     png.seek(0)
-    return image_class(png, width=width, height=width * pixel_height / pixel_width)
+    scale = min(width / pixel_width, max_height / pixel_height)
+    return image_class(png, width=pixel_width * scale, height=pixel_height * scale)
 
 
 def build_encapsulated_pdf(

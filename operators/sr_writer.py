@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ UNITY = Code("1", "UCUM", "no units")
 MILLILITER = Code("ml", "UCUM", "milliliter")
 DEFAULT_SR_SERIES_NUMBER = 9001
 LANGUAGE = Code("en-US", "RFC5646", "English (United States)")
+_LIBRARY_ENTRY = Code("260753009", "SCT", "Source")
 
 # Fixed namespace for name-based (UUID v5) UIDs of this app; never change it,
 # or every device UID changes.
@@ -184,6 +186,52 @@ def _qualitative_container(items: Sequence[hd.sr.ContentItem]) -> hd.sr.Containe
     return container
 
 
+def _coded_modality(dataset: Dataset) -> Code:
+    try:
+        from highdicom.sr.templates import _get_coded_modality
+        return _get_coded_modality(dataset.SOPClassUID)
+    except (ImportError, ValueError):
+        return codes.cid29.MagneticResonance
+
+
+def _image_library(datasets: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+    """TID 1600 Image Library: one group per Frame of Reference, one entry per instance.
+
+    Like ``highdicom.sr.ImageLibrary``, but an instance whose geometry highdicom
+    cannot describe (Enhanced MR keeps it in functional groups) gets a minimal
+    entry (its modality) instead of failing the whole report.
+    """
+    acquisition = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
+    groups: dict[str | None, list[hd.sr.ImageContentItem]] = {}
+    for ds in datasets:
+        entry = hd.sr.ImageContentItem(
+            name=_LIBRARY_ENTRY, referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        try:
+            descriptors = list(hd.sr.ImageLibraryEntryDescriptors(ds))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            descriptors = [hd.sr.CodeContentItem(name=codes.DCM.Modality,
+                                                 value=_coded_modality(ds),
+                                                 relationship_type=acquisition)]
+        entry.ContentSequence = hd.sr.ContentSequence(descriptors)
+        groups.setdefault(ds.get("FrameOfReferenceUID"), []).append(entry)
+    library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary,
+                                         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    library.ContentSequence = hd.sr.ContentSequence()
+    for frame_of_reference, entries in groups.items():
+        group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        group.ContentSequence = hd.sr.ContentSequence()
+        if frame_of_reference:
+            group.ContentSequence.append(hd.sr.UIDRefContentItem(
+                name=codes.DCM.FrameOfReferenceUID, value=frame_of_reference,
+                relationship_type=acquisition))
+        group.ContentSequence.extend(entries)
+        library.ContentSequence.append(group)
+    return library
+
+
 def _report_root(app: AppIdentity, prediction: Prediction | None,
                  image_datasets: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
     """Root container with rows 1-5 of TID 1500 (language, observer, procedure, library)."""
@@ -196,7 +244,7 @@ def _report_root(app: AppIdentity, prediction: Prediction | None,
         name=codes.DCM.ProcedureReported, value=PROCEDURE_REPORTED,
         relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD))
     if image_datasets:
-        items.extend(hd.sr.ImageLibrary(list(image_datasets)))
+        items.append(_image_library(image_datasets))
     root.ContentSequence = hd.sr.ContentSequence(items)
     return root
 
@@ -346,6 +394,14 @@ def _evidence(datasets: Sequence[Dataset]) -> list[Dataset]:
     return [_patient_study_source(datasets[0]), *datasets[1:]]
 
 
+def _comprehensive_3d_sr(**kwargs: Any) -> hd.sr.Comprehensive3DSR:
+    # highdicom warns about unusual person names and quotes them; the names come
+    # unchanged from the source study, and patient names must never reach logs.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        return hd.sr.Comprehensive3DSR(**kwargs)
+
+
 def _finish(sr: hd.sr.Comprehensive3DSR, app: AppIdentity, series_description: str) -> None:
     pc.declare_private_scheme(sr)
     sr.SeriesDescription = series_description
@@ -416,7 +472,7 @@ def build_result_sr(
     evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
     root.ContentSequence.append(_qualitative_container(evaluations))
 
-    sr = hd.sr.Comprehensive3DSR(
+    sr = _comprehensive_3d_sr(
         evidence=evidence,
         content=root,
         series_instance_uid=series_instance_uid or generate_uid(),
@@ -498,7 +554,7 @@ def build_not_analysable_sr(
     evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
     root.ContentSequence.append(_qualitative_container(evaluations))
 
-    sr = hd.sr.Comprehensive3DSR(
+    sr = _comprehensive_3d_sr(
         evidence=evidence,
         content=root,
         series_instance_uid=series_instance_uid or generate_uid(),
@@ -525,3 +581,68 @@ def save_sr(sr: Dataset, output_folder: Path) -> Path:
     path = output_folder / f"{sr.SOPInstanceUID}.dcm"
     sr.save_as(path, enforce_file_format=True)
     return path
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ResultSRWriterOperator":
+        cls = _build_operator()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _build_operator() -> type:
+    from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
+
+    class ResultSRWriterOperator(Operator):
+        """Writes the TID 1500 result SR of an analysed study.
+
+        (To write the SR, FLAIR3 series and PDF as configured, use
+        :class:`operators.study_outputs.StudyOutputsOperator` instead.)
+
+        Named inputs:
+            prediction: :class:`~operators.datatypes.Prediction`.
+            t2_series: :class:`~operators.datatypes.SelectedSeries` (T2, optional).
+            flair_series: :class:`~operators.datatypes.SelectedSeries` (FLAIR).
+            preprocessed: :class:`~operators.datatypes.Preprocessed` (optional).
+
+        Named output:
+            sr: the SR document (``pydicom.Dataset``).
+
+        File output:
+            ``<SOPInstanceUID>.dcm`` in ``output_folder``.
+        """
+
+        def __init__(self, fragment: Fragment, *args: Any, output_folder: Path | str,
+                     app: AppIdentity | None = None,
+                     series_number: int = DEFAULT_SR_SERIES_NUMBER, **kwargs: Any) -> None:
+            """Create the operator.
+
+            Args:
+                fragment: The application (a Fragment) the operator belongs to.
+                output_folder: Folder for the SR file.
+                app: How the app identifies itself.
+                series_number: Series Number of the SR series.
+            """
+            self.output_folder = Path(output_folder)
+            self.app = app
+            self.series_number = series_number
+            super().__init__(fragment, *args, **kwargs)
+
+        def setup(self, spec: OperatorSpec) -> None:
+            spec.input("prediction")
+            spec.input("t2_series").condition(ConditionType.NONE)
+            spec.input("flair_series")
+            spec.input("preprocessed").condition(ConditionType.NONE)
+            spec.output("sr").condition(ConditionType.NONE)
+
+        def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+            selected = [s for s in (op_input.receive("t2_series"), op_input.receive("flair_series"))
+                        if s is not None]
+            sr = build_result_sr(op_input.receive("prediction"), selected,
+                                 op_input.receive("preprocessed"), app=self.app,
+                                 series_number=self.series_number)
+            save_sr(sr, self.output_folder)
+            op_output.emit(sr, "sr")
+
+    return ResultSRWriterOperator

@@ -99,3 +99,10 @@ def test_encapsulation_rejects_non_pdf_and_missing_source(report):
         build_encapsulated_pdf(b"<html>", selected)
     with pytest.raises(OutputError, match="No source instance"):
         build_encapsulated_pdf(pdf, [])
+
+
+@pytest.mark.parametrize("slices, rows, columns", [(1, 16, 16), (4, 32, 28), (30, 24, 64)])
+def test_report_fits_any_grid_on_the_page(slices, rows, columns):
+    selected = make_selected(StudyHeader(), slices=slices, rows=rows, columns=columns)
+    pdf = render_report_pdf(make_prediction(), selected, make_preprocessed(selected))
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
