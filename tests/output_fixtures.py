@@ -181,3 +181,59 @@ def make_preprocessed(selected: list[SelectedSeries]) -> Preprocessed:
         brain_volume_ml=1123.4, brain_extraction_method="hd-bet",
         flags=[QualityFlag("REGISTRATION_METRIC_OK", "Mattes MI -0.41 within range", "info", -0.4123),
                QualityFlag("THICK_SLICES", "FLAIR slices 5 mm thick; 1 mm gap", "warning", 5.0)])
+
+
+def synthetic_inputs(out_root: Path, seed: int, *, patient_name: str = NON_ASCII_NAME,
+                     slices: int = 12):
+    """A small synthetic study (the project's generator) as output-stage inputs.
+
+    Returns ``(generated_study, selected_series, preprocessed)``. The preprocessed
+    images come from the generator's truth (T2 resampled through the true
+    transform, truth brain mask), normalised and combined into FLAIR3 as the
+    preprocessing stage does, so the outputs see realistic anatomy and headers.
+    """
+    import pydicom
+    from synthetic import StudyOptions, generate_study
+
+    study = generate_study(out_root, seed, StudyOptions(
+        decoys=False, patient_name=patient_name, slices=slices, t2_matrix=(192, 192),
+        t2_pixel_mm=1.2, flair_matrix=(160, 160), flair_pixel_mm=1.4))
+    by_series: dict[str, list[tuple[Dataset, Path]]] = {}
+    for path in sorted(study.input_dir.rglob("*")):
+        if path.is_file() and path.suffix != ".json":
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            by_series.setdefault(ds.SeriesInstanceUID, []).append((ds, path))
+    selected = []
+    for role, uid in ((Role.T2, study.t2_series_uid), (Role.FLAIR, study.flair_series_uid)):
+        items = sorted(by_series[uid], key=lambda item: int(item[0].InstanceNumber))
+        selected.append(SelectedSeries(
+            role=role, series_instance_uid=uid, datasets=[d for d, _ in items],
+            files=[p for _, p in items],
+            explanation=SelectionExplanation(role=role, rule="generator truth",
+                                             deciding_attributes={})))
+    flair = study.flair_image
+    t2 = sitk.Resample(study.t2_image, flair, study.t2_to_flair, sitk.sitkLinear, 0.0,
+                       sitk.sitkFloat32)
+    mask = sitk.GetArrayFromImage(study.brain_mask) > 0
+
+    def normalised(image: sitk.Image) -> np.ndarray:
+        array = sitk.GetArrayFromImage(image).astype(np.float64)
+        low, high = array[mask].min(), array[mask].max()
+        return np.where(mask, (array - low) / max(high - low, 1e-9), 0.0)
+
+    flair_n, t2_n = normalised(flair), normalised(t2)
+
+    def image(array: np.ndarray) -> sitk.Image:
+        out = sitk.GetImageFromArray(array.astype(np.float32))
+        out.CopyInformation(flair)
+        return out
+
+    preprocessed = Preprocessed(
+        flair=flair, t2_in_flair=t2, brain_mask=study.brain_mask, flair_norm=image(flair_n),
+        t2_norm=image(t2_n), flair3=image(flair_n ** 1.55 * t2_n ** 1.45),
+        t2_to_flair=study.t2_to_flair, registration_metric=-0.5,
+        brain_volume_ml=float(mask.sum() * np.prod(flair.GetSpacing()) / 1000.0),
+        brain_extraction_method="generator-truth",
+        flags=[QualityFlag("SYNTHETIC_TRUTH", "Brain mask and registration from generator truth",
+                           "info")])
+    return study, selected, preprocessed
