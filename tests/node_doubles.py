@@ -64,11 +64,14 @@ class ResultWriter:
         return ProcessOutcome(True, None, results)
 
     def _derived(self, files: list[Path], output_dir: Path) -> list[Path]:
+        """Copy the original FLAIR-like images (long inversion time) as a derived series."""
         series_uid = generate_uid()
         out = []
         for i, f in enumerate(files):
             ds = dcmread(f)
             if ds.get("Modality") != "MR" or "PixelData" not in ds:
+                continue
+            if float(ds.get("InversionTime", 0) or 0) < 1500 or "DERIVED" in list(ds.get("ImageType", [])):
                 continue
             ds.SeriesInstanceUID = series_uid
             ds.SOPInstanceUID = generate_uid()
