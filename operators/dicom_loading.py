@@ -403,6 +403,9 @@ def _build_operator() -> type:
     class DicomStudyLoaderOperator(Operator):
         """Loads one DICOM study from a folder, skipping bad files with a warning.
 
+        As the SDK's own loader, it has no required input, so the application must
+        give it a condition that stops it, e.g. ``CountCondition(app, 1)``.
+
         Named input:
             input_folder: Optional ``Path`` of the study folder; when not connected, the
                 ``input_folder`` given at construction is used.

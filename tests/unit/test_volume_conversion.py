@@ -183,3 +183,47 @@ def test_convert_selected_keeps_role_and_references(tmp_path: Path) -> None:
     assert volume.role is Role.T2 and volume.series_instance_uid == spec.series_uid
     assert volume.sop_instance_uids == tuple(str(ds.SOPInstanceUID) for ds in datasets)
     assert volume.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4"
+
+
+def test_ingestion_operators_run_in_a_monai_deploy_graph(tmp_path: Path) -> None:
+    """Loader -> selector -> two converters as a real MONAI Deploy (Holoscan) application."""
+    pytest.importorskip("holoscan", reason="MONAI Deploy App SDK runtime (holoscan) not installed")
+    from holoscan.conditions import CountCondition
+    from monai.deploy.core import Application, Operator, OperatorSpec
+
+    import operators.dicom_loading as loading
+    import operators.series_selection as selection
+    import operators.volume_conversion as conversion
+    from tests.unit.mr_factory import flair_spec, write_study
+
+    write_study(tmp_path / "in", [t2_spec(), flair_spec()])
+    received: dict[str, object] = {}
+
+    class Sink(Operator):
+        def setup(self, spec: OperatorSpec) -> None:
+            for name in ("t2", "flair", "selection"):
+                spec.input(name)
+
+        def compute(self, op_input, op_output, context) -> None:  # noqa: ANN001
+            for name in ("t2", "flair", "selection"):
+                received[name] = op_input.receive(name)
+
+    class IngestionApp(Application):
+        def compose(self) -> None:
+            loader = loading.DicomStudyLoaderOperator(self, CountCondition(self, 1), input_folder=tmp_path / "in",
+                                                      name="loader")
+            selector = selection.SeriesSelectorOperator(self, name="selector")
+            t2 = conversion.VolumeConverterOperator(self, name="t2_volume")
+            flair = conversion.VolumeConverterOperator(self, name="flair_volume")
+            sink = Sink(self, name="sink")
+            self.add_flow(loader, selector, {("study", "study")})
+            self.add_flow(selector, t2, {("t2_series", "series")})
+            self.add_flow(selector, flair, {("flair_series", "series")})
+            self.add_flow(selector, sink, {("selection", "selection")})
+            self.add_flow(t2, sink, {("volume", "t2")})
+            self.add_flow(flair, sink, {("volume", "flair")})
+
+    IngestionApp().run()
+    assert received["t2"].role is Role.T2 and received["t2"].image.GetSize() == (10, 12, 12)  # type: ignore[union-attr]
+    assert received["flair"].role is Role.FLAIR  # type: ignore[union-attr]
+    assert received["selection"].t2.explanation.role is Role.T2  # type: ignore[union-attr]
