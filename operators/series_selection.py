@@ -377,12 +377,13 @@ def series_features(info: SeriesInfo) -> SeriesFeatures:
         agent = "ContrastBolusAgentAdministered YES"
 
     bvalues = {_float(d.get("DiffusionBValue")) for d in info.datasets}
-    bval_fg = _float(_fg(ds, "MRDiffusionSequence", "DiffusionBValue")) if enhanced else None
+    bval_fg = _max_frame_b_value(info.datasets) if enhanced else None
     sequence_name = str(ds.get("SequenceName", "") or ds.get("PulseSequenceName", "") or "").strip()
     diffusion = bool(
         any(b is not None and b > 0 for b in bvalues)
         or (bval_fg is not None and bval_fg > 0)
         or contrast == "DIFFUSION"
+        or bool({"DIFFUSION", "ADC", "TRACEW", "FA", "EADC"} & set(image_type))
         or re.search(r"ep_b\d", sequence_name)  # Siemens DWI sequence names (*ep_b1000t)
     )
 
@@ -424,6 +425,20 @@ def series_features(info: SeriesInfo) -> SeriesFeatures:
         n_orientations=len(orientations),
         unreadable_files=len(info.skipped),
     )
+
+
+def _max_frame_b_value(datasets: Iterable[Dataset]) -> float | None:
+    """Largest DiffusionBValue over all frames of Enhanced MR instances (b=0 frames often come first)."""
+    best: float | None = None
+    for ds in datasets:
+        groups = list(ds.get("PerFrameFunctionalGroupsSequence") or []) + list(
+            ds.get("SharedFunctionalGroupsSequence") or [])
+        for group in groups:
+            seq = group.get("MRDiffusionSequence")
+            value = _float(seq[0].get("DiffusionBValue")) if seq else None
+            if value is not None and (best is None or value > best):
+                best = value
+    return best
 
 
 def _ordered_tokens(value: Any) -> list[str]:
