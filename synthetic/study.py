@@ -81,6 +81,8 @@ class StudyOptions:
         slab_samples: Sub-samples through the slice thickness (partial volume).
         noise_scale / bias_strength: Multipliers of the default noise and bias field (0 disables).
         t1_variant: ``"3d"``, ``"2d"`` or ``"random"`` (T1 decoy as 3D MPRAGE-like or 2D SE).
+        decoy_matrix_scale: Matrix (and 3D slice count) factor of the decoy series at constant field of
+            view; None = ``min(1, flair_matrix[0] / 320)``, so small test studies get small decoys.
     """
 
     encoding: str = "classic"
@@ -105,6 +107,7 @@ class StudyOptions:
     noise_scale: float = 1.0
     bias_strength: float = 1.0
     t1_variant: str = "random"
+    decoy_matrix_scale: float | None = None
 
     def decoy_kinds(self, rng: np.random.Generator) -> list[str]:
         if self.decoys is True:
@@ -410,10 +413,18 @@ def generate_study(out_root: Path, seed: int, options: StudyOptions | None = Non
 
     # --- decoys -------------------------------------------------------------------------------
     drng = _stream(seed, "decoy-geometry")
+    scale = options.decoy_matrix_scale
+    if scale is None:
+        scale = min(1.0, options.flair_matrix[0] / 320.0)
+
+    def scaled(n: int) -> int:
+        """Decoy matrix size (the field of view is kept; pixels grow when scaled down)."""
+        return max(8, int(round(n * scale)))
     if "localizer" in decoys:
         frames = []
         for plane in (SAGITTAL, CORONAL, AXIAL):
-            g = SeriesGrid.centred(head_centre + drng.uniform(-5, 5, size=3), plane, 256, 256, 1, 1.0, 7.0, 7.0)
+            n = scaled(256)
+            g = SeriesGrid.centred(head_centre + drng.uniform(-5, 5, size=3), plane, n, n, 1, 256.0 / n, 7.0, 7.0)
             labels, _ = sample_labels(phantom, g, flair_pose, 1)
             stored, _ = _to_stored(renderer.image(labels, g, "LOCALIZER", f"noise-loc-{len(frames)}"), (1.0, 0.0))
             frames += _frames(g, stored)
@@ -421,17 +432,21 @@ def generate_study(out_root: Path, seed: int, options: StudyOptions | None = Non
                                            (600.0, 1200.0), "LOCALIZER")
     if "t1" in decoys:
         if t1_variant == "3d":
-            g = SeriesGrid.centred(head_centre + drng.uniform(-3, 3, size=3), SAGITTAL, 144, 144, 96, 1.6, 1.6, 1.6)
+            n, nz = scaled(144), scaled(96)
+            g = SeriesGrid.centred(head_centre + drng.uniform(-3, 3, size=3), SAGITTAL, n, n, nz, 230.4 / n,
+                                   153.6 / nz, 153.6 / nz)
             key = "t1_3d"
         else:
-            g = SeriesGrid.centred(flair_grid.centre(), AXIAL, 256, 256, options.slices, 0.9, spacing, thick)
+            n = scaled(256)
+            g = SeriesGrid.centred(flair_grid.centre(), AXIAL, n, n, options.slices, 230.4 / n, spacing, thick)
             key = "t1_2d"
         labels, _ = sample_labels(phantom, g, flair_pose, 1)
         stored, out = _to_stored(renderer.image(labels, g, "T1", "noise-t1"), (1.0, 0.0))
         written["t1"] = series_data("t1", key, _frames(g, stored), g.pixel_mm, g.thickness_mm,
                                     g.slice_spacing_mm, (1.0, 0.0), _window(out), "T1")
     if "dwi" in decoys:
-        g = SeriesGrid.centred(head_centre + drng.uniform(-3, 3, size=3), AXIAL, 128, 128, options.slices, 1.8,
+        n = scaled(128)
+        g = SeriesGrid.centred(head_centre + drng.uniform(-3, 3, size=3), AXIAL, n, n, options.slices, 230.4 / n,
                                spacing, thick)
         labels, _ = sample_labels(phantom, g, flair_pose, 1)
         frames = []
