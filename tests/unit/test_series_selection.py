@@ -164,6 +164,8 @@ def test_invalid_rules_files_are_refused(tmp_path: Path, text: str, message: str
     ("轴位T2加权", "t2"), ("T2 axial cerebro", "t2"), ("Potenciada en T2", "t2"),
     ("ep2d_diff_3scan_trace", "decoy"), ("t1_mprage_sag", "decoy"), ("AAHead_Scout", "decoy"),
     ("3-plane loc", "decoy"), ("AX T2* GRE", "decoy"), ("SWI", "decoy"), ("定位像", "decoy"),
+    ("t1_se_tra", "decoy"), ("AX T1 SE", "decoy"), ("T1W_3D_TFE", "decoy"), ("弥散加权", "decoy"),
+    ("DWI_SSh", "decoy"), ("Diffusion axial", "decoy"), ("FLAIR ROI export", "flair"),
     ("", None), ("Series 7", None),
 ])
 def test_name_patterns(tmp_path: Path, description: str, expected: str | None) -> None:
