@@ -65,3 +65,9 @@ def test_reference_lists_every_environment_variable() -> None:
     for name in ("TSC_NODE_SCP__PORT", "TSC_NODE_STUDY__QUIET_PERIOD_S", "TSC_NODE_WORKER__PROCESSOR",
                  "TSC_NODE_OUTBOX__RETRY_HORIZON_S", "TSC_NODE_SCP__TLS__CA_FILE"):
         assert name in ref
+
+
+def test_example_configuration_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "app" / "node" / "node.example.yaml"
+    cfg = load_config(example, environ={"TSC_NODE_OUTBOX__DESTINATIONS": "ORTHANC@orthanc:4242"})
+    assert cfg.scp.allowed_calling_aes == ["ORTHANC"] and cfg.outbox.destinations[0].port == 4242

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import ssl
+import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -15,9 +19,9 @@ from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import MRImageStorage, Verification
 
-from app.node.config import ScpConfig
+from app.node.config import ScpConfig, TlsConfig
 from app.node.scp import StoreScp, host_matcher
-from app.node.spool import Spool
+from app.node.spool import Spool, uid_key
 from tests.node_helpers import dataset_body, free_port, make_instance
 
 SHARED = Path(os.environ.get("TSC_SHARED_DIR", Path(__file__).resolve().parents[2] / ".." / "shared"))
@@ -174,3 +178,66 @@ def test_compressed_transfer_syntaxes_are_accepted_and_kept_as_sent(scp: StoreSc
         assert str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) == m.TransferSyntaxUID
         # pixel data bytes identical to the source file
         assert hashlib.sha256(dcmread(p).PixelData).digest() == hashlib.sha256(dcmread(f).PixelData).digest()
+
+
+def test_association_ended_without_release_holds_its_studies(scp: StoreScp) -> None:
+    scp.interrupted_hold_s = 30.0
+    ds = make_instance(generate_uid(), generate_uid(), payload_bytes=256)
+    assoc = _assoc(scp)
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.abort()
+    key = uid_key(ds.StudyInstanceUID)
+    deadline = time.monotonic() + 5
+    while key not in scp.spool.hold_until and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scp.spool.hold_until[key] > time.monotonic() + 20
+    # a released association does not hold its study
+    other = make_instance(generate_uid(), generate_uid(), payload_bytes=256)
+    assoc = _assoc(scp)
+    assert assoc.send_c_store(other).Status == 0
+    assoc.release()
+    time.sleep(0.5)
+    assert uid_key(other.StudyInstanceUID) not in scp.spool.hold_until
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_tls_with_client_certificates(tmp_path: Path) -> None:
+    for name in ("ca", "server", "client"):
+        subj = f"/CN=tsc-test-{name}"
+        if name == "ca":
+            _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", subj,
+                     "-keyout", "ca.key", "-out", "ca.pem", cwd=tmp_path)
+            continue
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subj, "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", cwd=tmp_path)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "1", "-out", f"{name}.pem", cwd=tmp_path)
+    cfg = ScpConfig(port=free_port(), allowed_calling_aes=["PACS"], network_timeout_s=5, acse_timeout_s=5,
+                    tls=TlsConfig(True, str(tmp_path / "server.pem"), str(tmp_path / "server.key"),
+                                  str(tmp_path / "ca.pem")))
+    server = StoreScp(cfg, Spool(tmp_path / "spool", min_free_bytes=0, fsync=False))
+    server.start()
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tmp_path / "ca.pem"))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+        ae = AE(ae_title="PACS")
+        ae.acse_timeout = ae.network_timeout = 5
+        ae.requested_contexts = [build_context(MRImageStorage)]
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="TSCNODE", tls_args=(ctx, None))
+        assert assoc.is_established
+        assert assoc.send_c_store(make_instance(generate_uid(), generate_uid(), payload_bytes=512)).Status == 0
+        assoc.release()
+        assert len(_spooled(server)) == 1
+        # without TLS, or without a client certificate, no association
+        assert not _assoc(server).is_established
+        bare = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tmp_path / "ca.pem"))
+        bare.check_hostname = False
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="TSCNODE", tls_args=(bare, None))
+        assert not assoc.is_established
+    finally:
+        server.stop()
