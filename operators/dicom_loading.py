@@ -27,7 +27,8 @@ import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from operators.errors import DicomReadError
 
@@ -168,14 +169,39 @@ def read_dicom(path: Path, *, defer_pixels: bool = True) -> Dataset:
             ds.filename = str(path)
             file_size = None
         else:
-            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE if defer_pixels else None)
             file_size = os.path.getsize(path)
+            try:
+                ds = pydicom.dcmread(path, defer_size=DEFER_SIZE if defer_pixels else None)
+            except InvalidDicomError:
+                ds = _read_without_preamble(path, defer_pixels)
     except InvalidDicomError as exc:
         raise DicomReadError(f"{path.name}: not a DICOM file ({exc})") from exc
     except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
             NotImplementedError, OverflowError) as exc:
         raise DicomReadError(f"{path.name}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
     _check_not_truncated(ds, path, file_size)
+    return ds
+
+
+def _read_without_preamble(path: Path, defer_pixels: bool) -> Dataset:
+    """Read a bare dataset (no preamble/'DICM', no file meta), as some old exports write.
+
+    Accepted only when it parses into an instance with SOP Class and SOP Instance UIDs;
+    the transfer syntax (necessarily uncompressed) is recorded from how it was parsed.
+    """
+    try:
+        ds = pydicom.dcmread(path, force=True, defer_size=DEFER_SIZE if defer_pixels else None)
+        usable = bool(ds.get("SOPClassUID")) and bool(ds.get("SOPInstanceUID"))
+    except Exception as exc:  # noqa: BLE001 - anything here means "not DICOM"
+        raise InvalidDicomError(f"no DICOM preamble and not a bare dataset ({type(exc).__name__})") from exc
+    if not usable:
+        raise InvalidDicomError("no DICOM preamble, 'DICM' prefix or SOP Class UID")
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    ds.file_meta = meta
     return ds
 
 

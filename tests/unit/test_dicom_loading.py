@@ -135,3 +135,21 @@ def test_empty_or_missing_folder(tmp_path: Path) -> None:
         load_study(tmp_path)
     with pytest.raises(DicomReadError, match="does not exist"):
         load_study(tmp_path / "absent")
+
+
+def test_bare_dataset_without_preamble_is_read(tmp_path: Path) -> None:
+    """Old exports write the dataset alone (no preamble, no 'DICM', no file meta)."""
+    paths = write_study(tmp_path / "raw", [t2_spec(n_slices=3)])
+    out = tmp_path / "study"
+    out.mkdir()
+    for p in next(iter(paths.values())):
+        ds = pydicom.dcmread(p)
+        ds.preamble = None
+        del ds.file_meta
+        ds.save_as(out / p.name, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        assert (out / p.name).read_bytes()[128:132] != b"DICM"
+    study = load_study(out)
+    (info,) = study.series.values()
+    assert info.number_of_instances == 3 and not study.skipped
+    original = pydicom.dcmread(next(iter(paths.values()))[0]).pixel_array
+    assert (info.datasets[0].pixel_array == original).all()
