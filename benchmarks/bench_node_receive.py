@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.node_helpers import NodeProcess, dcmtk_storescp, dcmtk_tool, free_port, write_study
+from tests.node_helpers import NodeProcess, dcmtk_storescp, dcmtk_tool, free_port, wait_until, write_study
 
 _NETNS_FLAG = "TSC_BENCH_IN_NETNS"
 
@@ -107,8 +107,10 @@ def run(small: int, large: int, repeats: int, work: Path) -> list[dict]:
                         node = NodeProcess(nw, quiet_period_s=1e6,
                                            extra={"scp": {"quickack": quickack,
                                                           "allowed_calling_aes": ["*"]},
-                                                  "logging": {"level": "WARNING"}})
+                                                  "logging": {"level": "INFO"}})
                         node.start()
+                        # let the worker process finish loading before timing
+                        wait_until(lambda: "worker_ready" in node.log_text(), 120)
                         try:
                             dt = _send(node.port, folders, "TSCNODE", nodelay)
                         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 REPO = Path(__file__).resolve().parents[1]
 
 
+@functools.lru_cache(maxsize=None)
 def dcmtk_tool(name: str) -> str | None:
     """Path of a dcmtk command-line tool (pynetdicom installs look-alike names in the venv)."""
     for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:

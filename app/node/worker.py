@@ -271,8 +271,22 @@ class WorkerPool:
         with self._cv:
             return not self._queue and not self.running
 
+    def _ensure_worker(self, worker: WorkerProcess, backoff: float) -> float:
+        """Start the worker if needed; return the next backoff (1 s after a success)."""
+        try:
+            if not worker.alive:
+                worker.start()
+            return 1.0
+        except WorkerFailure as exc:
+            logger.error("worker could not start: %s; retrying in %.0f s", exc, backoff,
+                         extra={"event": "worker_start_failed"})
+            with self._cv:
+                self._cv.wait(backoff)
+            return min(backoff * 2, 300.0)
+
     def _slot(self, worker: WorkerProcess) -> None:
-        backoff = 1.0
+        # Load the processor (models) before the first study arrives.
+        backoff = self._ensure_worker(worker, 1.0)
         while True:
             with self._cv:
                 while not self._queue and not self._stopping:
@@ -280,18 +294,12 @@ class WorkerPool:
                 if self._stopping:
                     return
                 job = self._queue.pop(0)
-            try:
+            if not worker.alive:
+                backoff = self._ensure_worker(worker, backoff)
                 if not worker.alive:
-                    worker.start()
-                backoff = 1.0
-            except WorkerFailure as exc:
-                logger.error("worker could not start: %s; retrying in %.0f s", exc, backoff,
-                             extra={"event": "worker_start_failed"})
-                with self._cv:
-                    self._queue.insert(0, job)
-                    self._cv.wait(backoff)
-                backoff = min(backoff * 2, 300.0)
-                continue
+                    with self._cv:
+                        self._queue.insert(0, job)
+                    continue
             with self._cv:
                 self.running[job.job_id] = time.time()
             try:

@@ -71,3 +71,28 @@ def test_example_configuration_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "app" / "node" / "node.example.yaml"
     cfg = load_config(example, environ={"TSC_NODE_OUTBOX__DESTINATIONS": "ORTHANC@orthanc:4242"})
     assert cfg.scp.allowed_calling_aes == ["ORTHANC"] and cfg.outbox.destinations[0].port == 4242
+
+
+def test_cli_help_documents_file_and_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    from app.node.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "TSC_NODE_<SECTION>__<KEY>" in out and "TSC_NODE_SCP__AE_TITLE" in out
+
+
+def test_cli_status_reads_the_spool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from app.node.cli import main
+    cfg = _write(tmp_path, BASE)
+    (tmp_path / "spool" / "quarantine" / "job1").mkdir(parents=True)
+    (tmp_path / "spool" / "quarantine" / "job1" / "reason.json").write_text(
+        json.dumps({"job_id": "job1", "study_uid": "1.2.3", "reason": "worker process crashed"}))
+    (tmp_path / "spool" / "jobs" / "job2").mkdir(parents=True)
+    assert main(["status", "--config", str(cfg), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["failed"] == 1 and st["waiting"] == 1 and st["failures"][0]["reason"] == "worker process crashed"
+    assert main(["status", "--config", str(cfg)]) == 0
+    assert "studies failed:         1" in capsys.readouterr().out
