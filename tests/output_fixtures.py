@@ -184,8 +184,8 @@ def make_preprocessed(selected: list[SelectedSeries]) -> Preprocessed:
 
 
 def synthetic_inputs(out_root: Path, seed: int, *, patient_name: str = NON_ASCII_NAME,
-                     slices: int = 12):
-    """A small synthetic study (the project's generator) as output-stage inputs.
+                     slices: int = 12, full_size: bool = False):
+    """A synthetic study (the project's generator) as output-stage inputs.
 
     Returns ``(generated_study, selected_series, preprocessed)``. The preprocessed
     images come from the generator's truth (T2 resampled through the true
@@ -195,9 +195,10 @@ def synthetic_inputs(out_root: Path, seed: int, *, patient_name: str = NON_ASCII
     import pydicom
     from synthetic import StudyOptions, generate_study
 
-    study = generate_study(out_root, seed, StudyOptions(
-        decoys=False, patient_name=patient_name, slices=slices, t2_matrix=(192, 192),
-        t2_pixel_mm=1.2, flair_matrix=(160, 160), flair_pixel_mm=1.4))
+    small = {} if full_size else dict(slices=slices, t2_matrix=(192, 192), t2_pixel_mm=1.2,
+                                      flair_matrix=(160, 160), flair_pixel_mm=1.4)
+    study = generate_study(out_root, seed, StudyOptions(decoys=False, patient_name=patient_name,
+                                                        **small))
     by_series: dict[str, list[tuple[Dataset, Path]]] = {}
     for path in sorted(study.input_dir.rglob("*")):
         if path.is_file() and path.suffix != ".json":
