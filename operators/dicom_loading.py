@@ -19,6 +19,7 @@ import gzip
 import io
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -170,15 +171,23 @@ def read_dicom(path: Path, *, defer_pixels: bool = True) -> Dataset:
             file_size = None
         else:
             file_size = os.path.getsize(path)
-            try:
-                ds = pydicom.dcmread(path, defer_size=DEFER_SIZE if defer_pixels else None)
-            except InvalidDicomError:
-                ds = _read_without_preamble(path, defer_pixels)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    ds = pydicom.dcmread(path, defer_size=DEFER_SIZE if defer_pixels else None)
+                except InvalidDicomError:
+                    ds = _read_without_preamble(path, defer_pixels)
+            for warning in caught:
+                if "End of file reached" in str(warning.message):
+                    raise DicomReadError(f"{path.name}: truncated file ({warning.message})".replace(
+                        f" in file {path}", ""))
     except InvalidDicomError as exc:
         raise DicomReadError(f"{path.name}: not a DICOM file ({exc})") from exc
     except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
             NotImplementedError, OverflowError) as exc:
         raise DicomReadError(f"{path.name}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+    if len(ds) == 0:
+        raise DicomReadError(f"{path.name}: no data elements (empty or truncated file)")
     _check_not_truncated(ds, path, file_size)
     return ds
 

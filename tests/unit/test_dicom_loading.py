@@ -153,3 +153,15 @@ def test_bare_dataset_without_preamble_is_read(tmp_path: Path) -> None:
     assert info.number_of_instances == 3 and not study.skipped
     original = pydicom.dcmread(next(iter(paths.values()))[0]).pixel_array
     assert (info.datasets[0].pixel_array == original).all()
+
+
+def test_truncated_compressed_file_is_skipped(tmp_path: Path) -> None:
+    paths = next(iter(write_study(tmp_path / "study", [t2_spec(n_slices=3)]).values()))
+    ds = pydicom.dcmread(paths[1])
+    ds.compress(pydicom.uid.RLELossless)
+    ds.save_as(paths[1])
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) - 40])  # cut inside the encapsulated pixel data
+    study = load_study(tmp_path / "study")
+    assert [(s.path.name, "truncated" in s.reason) for s in study.skipped] == [(paths[1].name, True)]
+    assert next(iter(study.series.values())).number_of_instances == 2
