@@ -185,7 +185,8 @@ def read_dicom(path: Path, *, defer_pixels: bool = True) -> Dataset:
         raise DicomReadError(f"{path.name}: not a DICOM file ({exc})") from exc
     except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
             NotImplementedError, OverflowError) as exc:
-        raise DicomReadError(f"{path.name}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+        # the exception text is left out: it may quote element values (patient data)
+        raise DicomReadError(f"{path.name}: unreadable DICOM ({type(exc).__name__})") from exc
     if len(ds) == 0:
         raise DicomReadError(f"{path.name}: no data elements (empty or truncated file)")
     _check_not_truncated(ds, path, file_size)
@@ -283,7 +284,7 @@ def scan_folder(root: Path) -> LoadedFolder:
     """
     root = Path(root)
     if not root.exists():
-        raise DicomReadError(f"input folder {root} does not exist")
+        raise DicomReadError(f"input folder '{root.name}' does not exist")
     files = [root] if root.is_file() else list(iter_candidate_files(root))
     folder = LoadedFolder(root=root)
     for path in files:
@@ -300,13 +301,21 @@ def scan_folder(root: Path) -> LoadedFolder:
 def _skip(folder: LoadedFolder, path: Path, reason: str, series_uid: str | None = None,
           study_uid: str | None = None) -> None:
     skipped = SkippedFile(path=path, reason=reason, series_instance_uid=series_uid)
-    logger.warning("skipping %s: %s", path, reason)
+    logger.warning("skipping %s: %s", _relative(path, folder.root), reason)
     folder.skipped.append(skipped)
     if study_uid and study_uid in folder.studies:
         study = folder.studies[study_uid]
         study.skipped.append(skipped)
         if series_uid and series_uid in study.series:
             study.series[series_uid].skipped.append(skipped)
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    """The path below the scanned folder (folder names above it may name the patient)."""
+    try:
+        return str(path.relative_to(root)) if root is not None and root != path else path.name
+    except ValueError:
+        return path.name
 
 
 def _add_file(folder: LoadedFolder, path: Path) -> None:
@@ -323,7 +332,7 @@ def _add_file(folder: LoadedFolder, path: Path) -> None:
     study_uid = str(ds.get("StudyInstanceUID", "") or "")
     series_uid = str(ds.get("SeriesInstanceUID", "") or "")
     if sop == MEDIA_STORAGE_DIRECTORY:
-        logger.info("ignoring DICOMDIR %s", path)
+        logger.info("ignoring DICOMDIR %s", _relative(path, folder.root))
         return
     if not sop:
         _skip(folder, path, "no SOP Class UID", series_uid or None, study_uid or None)
@@ -338,7 +347,7 @@ def _add_file(folder: LoadedFolder, path: Path) -> None:
     study = folder.studies.setdefault(study_uid, LoadedStudy(study_instance_uid=study_uid, root=folder.root))
     if not _is_image_sop_class(sop):
         entry = SkippedFile(path=path, reason=f"not an image ({sop.name})", series_instance_uid=series_uid)
-        logger.info("ignoring %s: %s", path, entry.reason)
+        logger.info("ignoring %s: %s", _relative(path, folder.root), entry.reason)
         study.non_image.append(entry)
         return
     if not _has_pixel_data(ds):

@@ -165,3 +165,15 @@ def test_truncated_compressed_file_is_skipped(tmp_path: Path) -> None:
     study = load_study(tmp_path / "study")
     assert [(s.path.name, "truncated" in s.reason) for s in study.skipped] == [(paths[1].name, True)]
     assert next(iter(study.series.values())).number_of_instances == 2
+
+
+def test_warnings_name_files_below_the_scanned_folder_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "Mueller_Juergen_1980"  # folders above the study may carry patient names
+    write_study(root / "study", [t2_spec(n_slices=2)])
+    (root / "study" / "sub").mkdir()
+    (root / "study" / "sub" / "broken.dcm").write_bytes(b"DICM" * 10)
+    with caplog.at_level(logging.INFO, logger="operators.dicom_loading"):
+        study = load_study(root / "study")
+    assert study.skipped[0].path.name == "broken.dcm"
+    assert "sub/broken.dcm" in caplog.text
+    assert "Mueller" not in caplog.text and "Mueller" not in study.skipped[0].reason
