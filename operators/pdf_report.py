@@ -210,6 +210,19 @@ def render_report_pdf(
     if prediction.weights_renormalised:
         story.append(Paragraph("Weights were renormalised over the members that could be run.",
                                small))
+    agreement = prediction.agreement or {}
+    notes = []
+    if "member_sd" in agreement:
+        notes.append(f"weighted SD of member probabilities {agreement['member_sd']:.3f}")
+    if "member_range" in agreement:
+        notes.append(f"range {agreement['member_range']:.3f}")
+    if "member_weight_agreeing" in agreement:
+        notes.append(f"{100 * agreement['member_weight_agreeing']:.0f}% of the weight on the "
+                     "same side of the threshold")
+    if "fold_sd_max" in agreement:
+        notes.append(f"largest fold SD within a member {agreement['fold_sd_max']:.3f}")
+    if notes:
+        story.append(Paragraph("Agreement: " + "; ".join(notes) + ".", small))
     story.append(_scaled_image(Image, _scores_chart(prediction), 15 * cm))
 
     rows = [["Member", "Used", "Weight", "Probability", "Fold probabilities / reason left out"]]

@@ -29,6 +29,7 @@ class ReportedOutcome:
         members_used: Member names listed as used.
         members_not_used: Member name -> reason, for members left out.
         threshold: Decision threshold of the primary ensemble.
+        member_spread: Weighted SD of the member probabilities (primary ensemble).
         predicted_uncontrolled: Predicted class (None when not analysed).
         t2_series_uid / flair_series_uid: The series named as analysed.
         evidence_series_uids: Series listed in the evidence sequences.
@@ -47,6 +48,7 @@ class ReportedOutcome:
     members_used: list[str] = field(default_factory=list)
     members_not_used: dict[str, str] = field(default_factory=dict)
     threshold: float | None = None
+    member_spread: float | None = None
     predicted_uncontrolled: bool | None = None
     t2_series_uid: str | None = None
     flair_series_uid: str | None = None
@@ -116,6 +118,8 @@ def read_result_sr(dataset: Dataset) -> ReportedOutcome:
                     result.member_probabilities[name] = float(measurement.value)
             elif measurement.name == pc.DECISION_THRESHOLD and result.threshold is None:
                 result.threshold = float(measurement.value)
+            elif measurement.name == pc.MEMBER_AGREEMENT and result.member_spread is None:
+                result.member_spread = float(measurement.value)
             elif measurement.name == codes.SCT.Volume:
                 result.brain_volume_ml = float(measurement.value)
 

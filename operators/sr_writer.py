@@ -327,6 +327,10 @@ def _ensemble_group(prediction: Prediction, study_uid: str, version: str
         f"weights={weights}",
         f"weights_renormalised={str(prediction.weights_renormalised).lower()}",
     ]
+    if prediction.model_set_name:
+        parameters.append(f"model_set={prediction.model_set_name}")
+    if prediction.model_set_identity:
+        parameters.append(f"model_set_identity={prediction.model_set_identity[:16]}")
     algorithm = hd.sr.AlgorithmIdentification(
         name=prediction.ensemble, version=prediction.model_set_version or version,
         parameters=parameters)
@@ -335,7 +339,8 @@ def _ensemble_group(prediction: Prediction, study_uid: str, version: str
                           unit=UNITY),
         hd.sr.Measurement(name=pc.DECISION_THRESHOLD, value=float(prediction.threshold), unit=UNITY),
     ]
-    spread = prediction.agreement.get("member_std") if prediction.agreement else None
+    agreement = prediction.agreement or {}
+    spread = agreement.get("member_sd", agreement.get("member_std"))
     if spread is not None:
         measurements.append(hd.sr.Measurement(
             name=pc.MEMBER_AGREEMENT, value=float(spread), unit=UNITY,
@@ -359,6 +364,12 @@ def _member_groups(prediction: Prediction, study_uid: str, version: str
             continue
         parameters = [f"ensemble={prediction.ensemble}", f"weight={_format_weight(member.weight)}",
                       f"folds={len(member.fold_scores)}"]
+        if member.nominal_weight:
+            parameters.append(f"nominal_weight={_format_weight(member.nominal_weight)}")
+        if member.architecture:
+            parameters.append(f"architecture={member.architecture}")
+        if member.input_key:
+            parameters.append(f"input={member.input_key}")
         algorithm = hd.sr.AlgorithmIdentification(
             name=member.name, version=prediction.model_set_version or version, parameters=parameters)
         derivation = codes.SCT.Mean if len(member.fold_scores) > 1 else None

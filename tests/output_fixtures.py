@@ -133,7 +133,8 @@ def make_prediction(*, synthetic: bool = True, fused: float = 0.7134, left_out: 
                     ) -> Prediction:
     """A WAE-Net-like prediction; the clinical member is left out when ``left_out``."""
     members = [
-        MemberResult("T2-ResNet3D", True, (0.61, 0.65, 0.58), 0.6133, None, 1 / 3),
+        MemberResult("T2-ResNet3D", True, (0.61, 0.65, 0.58), 0.6133, None, 1 / 3, 0.25,
+                     "t2@wae", "resnet3d-34"),
         MemberResult("FLAIR-ResNet3D", True, (0.80, 0.77, 0.83), 0.80, None, 1 / 3),
         MemberResult("FLAIR3-ResNet3D", True, (0.71, 0.74, 0.70), 0.7167, None, 1 / 3),
     ]
@@ -144,7 +145,8 @@ def make_prediction(*, synthetic: bool = True, fused: float = 0.7134, left_out: 
         members.append(MemberResult("Clinical-FCNN", True, (0.9,), 0.9, None, 0.25))
     return Prediction(
         ensemble="WAE-Net", members=members, fused_score=fused, threshold=0.5,
-        predicted_uncontrolled=fused >= 0.5, agreement={"member_std": 0.0769},
+        predicted_uncontrolled=fused >= 0.5, agreement={"member_sd": 0.0769, "member_range": 0.1867, "member_weight_agreeing": 1.0,
+                   "fold_sd_max": 0.0249},
         weights_renormalised=left_out, model_set_version="demo-0.1.0",
         model_set_synthetic=synthetic)
 

@@ -54,6 +54,7 @@ def test_result_sr_reads_back_the_pipeline_values(analysed):
     assert reported.analysed
     assert reported.ensemble_probabilities == {prediction.ensemble: pytest.approx(prediction.fused_score)}
     assert reported.threshold == pytest.approx(prediction.threshold)
+    assert reported.member_spread == pytest.approx(prediction.agreement["member_sd"])
     assert reported.predicted_uncontrolled is prediction.predicted_uncontrolled
     used = [m for m in prediction.members if m.used]
     assert reported.member_probabilities == {m.name: pytest.approx(m.score) for m in used}
