@@ -146,6 +146,9 @@ def test_device_uid_changes_with_the_model_set():
     changed = replace(prediction, model_set_version="demo-0.2.0")
     assert device_observer_uid(changed) != device_observer_uid(prediction)
     assert device_observer_uid(prediction).startswith("2.25.")
+    hashed = replace(prediction, model_set_identity="a" * 64)
+    assert device_observer_uid(hashed) != device_observer_uid(prediction)
+    assert device_observer_uid(replace(hashed, model_set_version="other")) == device_observer_uid(hashed)
 
 
 def test_not_analysable_without_selection_states_why():
