@@ -29,7 +29,13 @@ from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from operators.errors import DicomReadError
 
@@ -181,6 +187,10 @@ def read_dicom(path: Path, *, defer_pixels: bool = True) -> Dataset:
                 if "End of file reached" in str(warning.message):
                     raise DicomReadError(f"{path.name}: truncated file ({warning.message})".replace(
                         f" in file {path}", ""))
+            if _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
+                # values of a deflated dataset have no offset in the file: read it whole
+                ds = pydicom.dcmread(path)
+                file_size = None
     except InvalidDicomError as exc:
         raise DicomReadError(f"{path.name}: not a DICOM file ({exc})") from exc
     except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
@@ -237,10 +247,14 @@ def _check_not_truncated(ds: Dataset, path: Path, file_size: int | None) -> None
         return
 
 
+def _transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    return UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+
+
 def _expected_native_pixel_bytes(ds: Dataset) -> int | None:
     """Bytes of native (uncompressed) pixel data implied by the image pixel module."""
-    meta = getattr(ds, "file_meta", None)
-    ts = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    ts = _transfer_syntax(ds)
     if not ts or ts.is_compressed:
         return None
     try:

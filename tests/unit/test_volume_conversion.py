@@ -8,7 +8,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
 
 from operators.datatypes import Role, SelectedSeries, SelectionExplanation
 from operators.dicom_loading import load_study, read_dicom
@@ -96,11 +101,14 @@ def test_compressed_transfer_syntaxes_decode_identically(tmp_path: Path) -> None
     spec = t2_spec(n_slices=3, rows=64, cols=48)  # JPEG 2000 needs tiles larger than a few pixels
     paths = write(tmp_path, spec)
     reference = sitk.GetArrayFromImage(series_to_volume([read_dicom(p) for p in paths]).image)
-    for syntax in (RLELossless, JPEG2000Lossless):
+    for syntax in (RLELossless, JPEG2000Lossless, DeflatedExplicitVRLittleEndian):  # big endian: real data test
         datasets = []
         for p in paths:
             ds = pydicom.dcmread(p)
-            ds.compress(syntax)
+            if syntax.is_compressed:
+                ds.compress(syntax)
+            else:
+                ds.file_meta.TransferSyntaxUID = syntax
             out = tmp_path / syntax.name.replace(" ", "_") / p.name
             out.parent.mkdir(exist_ok=True)
             ds.save_as(out)
