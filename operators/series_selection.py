@@ -92,7 +92,8 @@ DEFAULT_RULES: dict[str, Any] = {
             r"(?<![a-z0-9])b[\s_-]?1000(?![0-9])", r"ep2d", r"弥散",
             r"(?<![a-z0-9])loc(alizer)?(?![a-z0-9])", r"scout", r"survey", r"3[\s_-]*pl", r"übersicht", r"定位",
             r"(?<![a-z0-9])t1(?![0-9])", r"mprage", r"(?<![a-z0-9])tfl(?![a-z0-9])", r"spgr", r"bravo",
-            r"(?<![a-z0-9])post(?![a-z0-9])", r"\+\s*c(?![a-z0-9])", r"(?<![a-z0-9])gad", r"(?<![a-z0-9])km(?![a-z0-9])",
+            r"(?<![a-z0-9])post(?![a-z0-9])", r"\+\s*c(?![a-z0-9])", r"(?<![a-z0-9])gad",
+            r"(?<![a-z0-9])km(?![a-z0-9])",
             r"contrast", r"kontrast", r"增强",
             r"(?<![a-z0-9])roi(?![a-z0-9])", r"derived", r"export", r"(?<![a-z0-9])mpr(?![a-z0-9])", r"reformat",
             r"(?<![a-z0-9])mip(?![a-z0-9])", r"(?<![a-z0-9])sub(?![a-z0-9])",
@@ -569,7 +570,8 @@ def _physics_t2(f: SeriesFeatures, rules: SeriesRules, s: _Score) -> None:
     _check(s, f.repetition_time, "RepetitionTime", f.repetition_time is not None
            and f.repetition_time >= th["tr_min_ms"], f">= {th['tr_min_ms']:g} ms", pc)
     _check(s, f.echo_time, "EchoTime", f.echo_time is not None
-           and th["te_min_ms"] <= f.echo_time <= th["te_max_ms"], f"in [{th['te_min_ms']:g}, {th['te_max_ms']:g}] ms", pc)
+           and th["te_min_ms"] <= f.echo_time <= th["te_max_ms"],
+           f"in [{th['te_min_ms']:g}, {th['te_max_ms']:g}] ms", pc)
     if "EP" in f.scanning_sequence:
         s.refuse("echo-planar (EP) acquisition")
     elif "SE" in f.scanning_sequence:
@@ -651,9 +653,11 @@ def _choose(role: Role, feats: list[SeriesFeatures],
     if forced is not None:
         matches = [(c, d, f) for c, d, f in scored if forced.search(f.description)]
         if len(matches) == 1:
-            c, d, f = matches[0]
-            expl = SelectionExplanation(role=role, rule=f"forced by site rule: SeriesDescription matches "
-                                        f"/{forced.pattern}/", deciding_attributes={"SeriesDescription": f.description},
+            c, _, f = matches[0]
+            rule = f"forced by site rule: SeriesDescription matches /{forced.pattern}/"
+            if not c.eligible:
+                rule += f" (the physics rules would have refused it: {_first_refusal(c)})"
+            expl = SelectionExplanation(role=role, rule=rule, deciding_attributes={"SeriesDescription": f.description},
                                         candidates=candidates)
             return f, expl, None
         logger.warning("%s: site rule /%s/ matched %d series; using the physics rules", role.value,
@@ -676,9 +680,11 @@ def _choose(role: Role, feats: list[SeriesFeatures],
         return None, expl, AmbiguousSeriesError(msg, role=role.value, candidates=candidates)
     margin = best_c.score - eligible[1][0].score if len(eligible) > 1 else None
     physics = "; ".join(r for r in best_c.reasons if not r.startswith("+0"))
-    rule = f"best {role.value} score {best_c.score:g}" + (
-        f", {margin:g} ahead of series {eligible[1][2].series_number}" if margin is not None else ", only eligible series"
-    ) + f" ({physics})"
+    if margin is not None:
+        lead = f", {margin:g} ahead of series {eligible[1][2].series_number}"
+    else:
+        lead = ", only eligible series"
+    rule = f"best {role.value} score {best_c.score:g}{lead} ({physics})"
     expl = SelectionExplanation(role=role, rule=rule, deciding_attributes=dict(best_d), candidates=candidates)
     return best_f, expl, None
 
