@@ -75,12 +75,15 @@ class HeadPhantom:
         self.gm_mm = 2.6
         self.sulcus_depth_mm = 11.0 * s
         # Folding field: sum of plane waves; sulci where it crosses zero.
-        k = rng.normal(size=(8, 3))
+        n_waves = 10
+        k = rng.normal(size=(n_waves, 3))
         k /= np.linalg.norm(k, axis=1, keepdims=True)
-        wavelength = rng.uniform(16.0, 24.0, size=(8, 1))
+        wavelength = rng.uniform(11.0, 16.0, size=(n_waves, 1))
         self.fold_k = (2.0 * math.pi * k / wavelength).astype(np.float32)
-        self.fold_phase = rng.uniform(0.0, 2.0 * math.pi, size=8).astype(np.float32)
-        self.fold_norm = float(1.0 / math.sqrt(8 / 2.0))
+        self.fold_phase = rng.uniform(0.0, 2.0 * math.pi, size=n_waves).astype(np.float32)
+        self.fold_norm = float(1.0 / math.sqrt(n_waves / 2.0))
+        # Mean gradient magnitude of the normalised field, to turn |field| into a distance.
+        self.fold_gradient = float(np.sqrt(np.mean(np.sum(self.fold_k.astype(float) ** 2, axis=1))))
         ax, ay, az = self.axes
         vent = rng.uniform(0.85, 1.35)
         self.ventricle_centres = [np.array([h * 0.12 * ax, -0.02 * ay, 0.16 * az]) for h in (1.0, -1.0)]
@@ -130,6 +133,16 @@ class HeadPhantom:
         return np.array([r for _, _, r, _ in self.tubers])
 
     # -- labels --------------------------------------------------------------------------------
+    def head_bound(self, points: np.ndarray) -> np.ndarray:
+        """Cheap superset of the head (False = certainly air): outer ellipsoid and neck cylinder."""
+        p = np.asarray(points, dtype=np.float32)
+        ax, ay, az = (float(a) for a in self.axes)
+        margin = self.csf_mm + self.skull_mm + self.scalp_mm + 1.0
+        x, y, z = p[:, 0], p[:, 1], p[:, 2]
+        head = ((x / (ax + margin)) ** 2 + (y / (ay + margin)) ** 2 + (z / (az + margin)) ** 2) <= 1.0
+        neck = (z < -0.45 * az) & (((x / (0.85 * ax)) ** 2 + ((y - 0.1 * ay) / (0.9 * ay)) ** 2) < 1.0)
+        return head | neck
+
     def labels(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tissue label and brain-hull membership at points of the head frame.
 
@@ -146,15 +159,7 @@ class HeadPhantom:
         ax, ay, az = (float(a) for a in self.axes)
         c, k, sc = self.csf_mm, self.skull_mm, self.scalp_mm
         # Cheap outer bound first: most of a field of view is air.
-        margin = c + k + sc + 1.0
-        z_all = p[:, 2]
-        head = (((p[:, 0] / (ax + margin)) ** 2 + (p[:, 1] / (ay + margin)) ** 2
-                 + (z_all / (az + margin)) ** 2) <= 1.0)
-        neck_zone = z_all < -0.45 * az
-        neck_idx = np.flatnonzero(neck_zone)
-        pn = p[neck_idx]
-        neck_ell = ((pn[:, 0] / (0.85 * ax)) ** 2 + ((pn[:, 1] - 0.1 * ay) / (0.9 * ay)) ** 2) < 1.0
-        head[neck_idx[neck_ell]] = True
+        head = self.head_bound(p)
         idx = np.flatnonzero(head)
         if idx.size == 0:
             return labels, in_brain
@@ -211,7 +216,7 @@ class HeadPhantom:
             pn = p[near]
             f = np.sin(pn @ self.fold_k.T + self.fold_phase).sum(axis=1) * self.fold_norm
             # Convert the field to an approximate distance to its zero set (mm).
-            dist = np.abs(f) / (2.0 * math.pi / 20.0)
+            dist = np.abs(f) / self.fold_gradient
             dn = depth[near]
             gm = (dn < self.gm_mm) | ((dist < 0.6 + self.gm_mm) & (dn < self.sulcus_depth_mm + self.gm_mm))
             csf = (dist < 0.6) & (dn < self.sulcus_depth_mm)
@@ -240,7 +245,9 @@ class HeadPhantom:
             sub[self._in_ellipsoid(pc, *self.third_ventricle)] = Tissue.VENTRICLE
             out[central] = sub
 
-        lo, hi = p.min(axis=0), p.max(axis=0)
+        # Per-coordinate extent (1D reductions: an axis-0 reduction of an (N, 3) array is slow).
+        lo = np.array([x.min(), y.min(), z.min()])
+        hi = np.array([x.max(), y.max(), z.max()])
         for i, (centre, u, r, e) in enumerate(self.tubers):
             reach = r * e
             if np.any(centre + reach < lo) or np.any(centre - reach > hi):

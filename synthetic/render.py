@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from .phantom import MAX_NODULES, MAX_TUBERS, NODULE_BASE, TUBER_BASE, HeadPhantom, Tissue
 
 _CHUNK_POINTS = 600_000
+_COARSE = 8  # pixels between samples of the coarse head-bounding test
 
 
 @dataclass(frozen=True)
@@ -114,21 +115,49 @@ def sample_labels(phantom: HeadPhantom, grid: SeriesGrid, pose: Pose, n_sub: int
     e_n = r_t @ grid.direction[:, 2]
     ii = np.arange(grid.columns, dtype=np.float32)
     jj = np.arange(grid.rows, dtype=np.float32)
-    plane = (jj[:, None, None] * e_row.astype(np.float32) + ii[None, :, None] * e_col.astype(np.float32)
-             ).reshape(-1, 3)
+    e_row32, e_col32 = e_row.astype(np.float32), e_col.astype(np.float32)
     shape = (grid.slices, len(offsets), grid.rows, grid.columns)
-    labels = np.empty(shape, dtype=np.uint8)
-    in_brain = np.empty(shape, dtype=bool)
-    per_slice = plane.shape[0] * len(offsets)
-    step = max(1, _CHUNK_POINTS // per_slice)
-    for k0 in range(0, grid.slices, step):
-        ks = range(k0, min(grid.slices, k0 + step))
-        shifts = np.array([a0 + e_n * (k * grid.slice_spacing_mm + off) for k in ks for off in offsets],
-                          dtype=np.float32)
-        pts = (shifts[:, None, :] + plane[None, :, :]).reshape(-1, 3)
-        lab, brain = phantom.labels(pts)
-        labels[k0:k0 + len(ks)] = lab.reshape((len(ks),) + shape[1:])
-        in_brain[k0:k0 + len(ks)] = brain.reshape((len(ks),) + shape[1:])
+    labels = np.zeros(shape, dtype=np.uint8)
+    in_brain = np.zeros(shape, dtype=bool)
+
+    # Most of a field of view is air: find each plane's head bounding box on a coarse grid first.
+    ic = np.unique(np.append(np.arange(0, grid.columns, _COARSE), grid.columns - 1))
+    jc = np.unique(np.append(np.arange(0, grid.rows, _COARSE), grid.rows - 1))
+    coarse = (jc[:, None, None] * e_row[None, None, :] + ic[None, :, None] * e_col[None, None, :]).reshape(-1, 3)
+    pending: list[tuple[int, int, int, int, int, int, np.ndarray]] = []
+    pending_points = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_points
+        if not pending:
+            return
+        lab, brain = phantom.labels(np.concatenate([blk[-1] for blk in pending]))
+        start = 0
+        for k, s, j0, j1, i0, i1, pts in pending:
+            n = pts.shape[0]
+            labels[k, s, j0:j1, i0:i1] = lab[start:start + n].reshape(j1 - j0, i1 - i0)
+            in_brain[k, s, j0:j1, i0:i1] = brain[start:start + n].reshape(j1 - j0, i1 - i0)
+            start += n
+        pending, pending_points = [], 0
+
+    for k in range(grid.slices):
+        for s, off in enumerate(offsets):
+            base = a0 + e_n * (k * grid.slice_spacing_mm + off)
+            hit = phantom.head_bound(base + coarse).reshape(len(jc), len(ic))
+            if not hit.any():
+                continue
+            rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
+            j0 = int(jc[max(rows[0] - 2, 0)])
+            j1 = int(jc[min(rows[-1] + 2, len(jc) - 1)]) + 1
+            i0 = int(ic[max(cols[0] - 2, 0)])
+            i1 = int(ic[min(cols[-1] + 2, len(ic) - 1)]) + 1
+            pts = (base.astype(np.float32) + jj[j0:j1, None, None] * e_row32
+                   + ii[None, i0:i1, None] * e_col32).reshape(-1, 3)
+            pending.append((k, s, j0, j1, i0, i1, pts))
+            pending_points += pts.shape[0]
+            if pending_points >= _CHUNK_POINTS:
+                flush()
+    flush()
     return labels, in_brain
 
 
