@@ -230,6 +230,7 @@ class SeriesFeatures:
     scan_options: frozenset[str]
     repetition_time: float | None
     echo_time: float | None
+    echo_times: tuple[float, ...]
     inversion_time: float | None
     inversion_recovery: bool | None
     acquisition_type: str
@@ -348,6 +349,7 @@ def series_features(info: SeriesInfo) -> SeriesFeatures:
 
     tr = _float(ds.get("RepetitionTime"))
     te = _float(ds.get("EchoTime"))
+    echo_times = tuple(sorted({t for t in (_float(d.get("EchoTime")) for d in info.datasets) if t is not None}))
     ti = _float(ds.get("InversionTime"))
     ir_flag: bool | None = None
     scanning = _tokens(ds.get("ScanningSequence"))
@@ -417,6 +419,7 @@ def series_features(info: SeriesInfo) -> SeriesFeatures:
         scan_options=scan_options,
         repetition_time=tr,
         echo_time=te,
+        echo_times=echo_times,
         inversion_time=ti,
         inversion_recovery=ir_flag,
         acquisition_type=str(ds.get("MRAcquisitionType", "") or "").upper(),
@@ -526,6 +529,17 @@ def _check(s: _Score, value: float | None, name: str, ok: bool, requirement: str
         s.refuse(f"{name} {value:g} not {requirement}")
 
 
+def _role_echo_time(f: SeriesFeatures, te_min: float, te_max: float, s: _Score) -> float | None:
+    """The echo time to judge: in a multi-echo series (e.g. PD/T2 dual echo), the longest echo in range."""
+    if len(f.echo_times) <= 1:
+        return f.echo_time
+    in_range = [t for t in f.echo_times if te_min <= t <= te_max]
+    chosen = max(in_range) if in_range else max(f.echo_times)
+    s.reasons.append(f"+0 multi-echo series (TE {', '.join(f'{t:g}' for t in f.echo_times)} ms): echo TE {chosen:g} used")
+    s.deciding["echoes in series"] = len(f.echo_times)
+    return chosen
+
+
 def _physics_flair(f: SeriesFeatures, rules: SeriesRules, s: _Score) -> None:
     th, w = rules.thresholds["flair"], rules.weights
     ti = f.inversion_time
@@ -546,8 +560,8 @@ def _physics_flair(f: SeriesFeatures, rules: SeriesRules, s: _Score) -> None:
     pc = float(w["physics_check"])
     _check(s, f.repetition_time, "RepetitionTime", f.repetition_time is not None
            and f.repetition_time >= th["tr_min_ms"], f">= {th['tr_min_ms']:g} ms", pc)
-    _check(s, f.echo_time, "EchoTime", f.echo_time is not None and f.echo_time >= th["te_min_ms"],
-           f">= {th['te_min_ms']:g} ms", pc)
+    te = _role_echo_time(f, th["te_min_ms"], float("inf"), s)
+    _check(s, te, "EchoTime", te is not None and te >= th["te_min_ms"], f">= {th['te_min_ms']:g} ms", pc)
     if f.acquisition_contrast == "FLUID_ATTENUATED":
         s.add(float(w["acquisition_contrast"]), "AcquisitionContrast FLUID_ATTENUATED")
         s.deciding["AcquisitionContrast"] = f.acquisition_contrast
@@ -569,8 +583,8 @@ def _physics_t2(f: SeriesFeatures, rules: SeriesRules, s: _Score) -> None:
         s.add(0.0, "no inversion")
     _check(s, f.repetition_time, "RepetitionTime", f.repetition_time is not None
            and f.repetition_time >= th["tr_min_ms"], f">= {th['tr_min_ms']:g} ms", pc)
-    _check(s, f.echo_time, "EchoTime", f.echo_time is not None
-           and th["te_min_ms"] <= f.echo_time <= th["te_max_ms"],
+    te = _role_echo_time(f, th["te_min_ms"], th["te_max_ms"], s)
+    _check(s, te, "EchoTime", te is not None and th["te_min_ms"] <= te <= th["te_max_ms"],
            f"in [{th['te_min_ms']:g}, {th['te_max_ms']:g}] ms", pc)
     if "EP" in f.scanning_sequence:
         s.refuse("echo-planar (EP) acquisition")
@@ -744,8 +758,14 @@ def select_series(
         if f is None:
             return None
         info = by_uid[f.series_instance_uid]
-        return SelectedSeries(role=role, series_instance_uid=info.series_instance_uid, datasets=list(info.datasets),
-                              files=list(info.files), explanation=explanations[role])
+        datasets, files = list(info.datasets), list(info.files)
+        echo = explanations[role].deciding_attributes.get("EchoTime")
+        if len(f.echo_times) > 1 and echo is not None:
+            # keep only the echo that was judged; the converter refuses mixed echoes
+            keep = [i for i, d in enumerate(datasets) if _float(d.get("EchoTime")) == echo]
+            datasets, files = [datasets[i] for i in keep], [files[i] for i in keep]
+        return SelectedSeries(role=role, series_instance_uid=info.series_instance_uid, datasets=datasets,
+                              files=files, explanation=explanations[role])
 
     return SeriesSelection(
         t2=selected(Role.T2),

@@ -197,3 +197,20 @@ def test_enhanced_mr_attributes_come_from_functional_groups() -> None:
     study = next(iter(folder.studies.values()))
     with pytest.raises(NoSuitableSeriesError, match="TI 900"):
         select_series(study)
+
+
+def test_dual_echo_pd_t2_series_gives_its_t2_echo(tmp_path: Path) -> None:
+    from operators.volume_conversion import convert_selected
+    from tests.unit.mr_factory import slice_positions
+
+    base = t2_spec(n_slices=12)
+    positions = [p for p in slice_positions(base) for _ in range(2)]
+    write_study(tmp_path, [
+        t2_spec(description="PD/T2 tse tra", n_slices=24, positions=positions, echo_times=[12.0, 96.0] * 12),
+        flair_spec(),
+    ])
+    selection = select_series(load_study(tmp_path))
+    assert selection.t2.explanation.deciding_attributes["EchoTime"] == 96.0
+    assert len(selection.t2.datasets) == 12
+    assert {float(ds.EchoTime) for ds in selection.t2.datasets} == {96.0}
+    assert convert_selected(selection.t2).image.GetSize() == (10, 12, 12)
