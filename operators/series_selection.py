@@ -535,7 +535,8 @@ def _role_echo_time(f: SeriesFeatures, te_min: float, te_max: float, s: _Score) 
         return f.echo_time
     in_range = [t for t in f.echo_times if te_min <= t <= te_max]
     chosen = max(in_range) if in_range else max(f.echo_times)
-    s.reasons.append(f"+0 multi-echo series (TE {', '.join(f'{t:g}' for t in f.echo_times)} ms): echo TE {chosen:g} used")
+    echoes = ", ".join(f"{t:g}" for t in f.echo_times)
+    s.reasons.append(f"+0 multi-echo series (TE {echoes} ms): echo TE {chosen:g} used")
     s.deciding["echoes in series"] = len(f.echo_times)
     return chosen
 
