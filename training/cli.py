@@ -60,7 +60,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     done, failed = prepare_studies(Path(args.studies), Path(args.out), config.grids,
                                    labels_csv=Path(args.labels) if args.labels else None,
-                                   progress=not args.no_progress, overwrite=args.overwrite)
+                                   progress=not args.no_progress, overwrite=args.overwrite,
+                                   brain_extraction=args.brain_extraction, device=args.device)
     print(f"prepared {done} case(s); {len(failed)} failed")
     for sid, reason in failed.items():
         print(f"  {sid}: {reason}")
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="case folder to write")
     sp.add_argument("--labels", help="CSV case_id,label (else each study's truth/truth.json)")
     sp.add_argument("--overwrite", action="store_true", help="redo cases that already exist")
+    sp.add_argument("--brain-extraction", default="auto", choices=("auto", "hd-bet", "fallback"),
+                    help="as the app's brain_extraction setting (use the same as in deployment)")
+    sp.add_argument("--device", default="auto")
     sp.set_defaults(func=cmd_prepare)
 
     def train_args(sp: argparse.ArgumentParser) -> None:
