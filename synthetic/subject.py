@@ -6,11 +6,14 @@ the age at imaging):
 
 * ``y ~ Bernoulli(203/300)`` (the WAE-Net cohort prevalence).
 * ``male | y ~ Bernoulli(0.527 if y else 0.577)``.
-* ``age_at_imaging_months | y``: log-normal with the cohort mean/SD of the group
-  (57.0/45.2 controlled, 36.3/40.4 uncontrolled), truncated to [6, 192] months
-  and then rounded to whole days (months = days / 30.4375).
-* ``age_at_onset_months | y, age``: log-normal with the group mean/SD (30.4/33.2,
-  17.4/26.2), truncated to (0, age at imaging], rounded to 0.1 month.
+* ``age_at_onset_months | y``: log-normal with the cohort mean/SD of the group
+  (30.4/33.2 controlled, 17.4/26.2 uncontrolled), truncated to (0, 191.5] and
+  rounded to 0.1 month.
+* ``age_at_imaging = onset + delay``, ``delay | y, onset``: log-normal with mean
+  = difference of the group means of imaging and onset age (26.6 controlled,
+  18.9 uncontrolled) and SD = sqrt(SD_imaging^2 - SD_onset^2) (30.7 in both
+  groups), truncated so that imaging is in [6, 192] months and at least 0.5
+  month after onset; then rounded to whole days (months = days / 30.4375).
 * ``infantile_spasms | y ~ Bernoulli(0.458 if y else 0.216)``.
 * ``asm_count_ge_3 | y ~ Bernoulli(0.842 if y else 0.433)``.
 * Tubers: count ``N | y ~ Poisson(lam_y)``; each tuber independently has a lobe
@@ -43,6 +46,8 @@ DAYS_PER_MONTH = 30.4375
 LOBES = ("frontal", "parietal", "temporal", "occipital")
 AGE_MIN_MONTHS = 6.0
 AGE_MAX_MONTHS = 192.0
+MIN_DELAY_MONTHS = 0.5
+ONSET_MAX_MONTHS = AGE_MAX_MONTHS - MIN_DELAY_MONTHS
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class LabelModel:
         (0.36, 0.22, 0.26, 0.16),
     )
     sen_rate: float = 4.0
+
+    def delay_mean_sd(self, y: int) -> tuple[float, float]:
+        """Onset-to-imaging delay: mean = difference of the group means, SD so that the variances add up."""
+        (mi, si), (mo, so) = self.age_imaging_mean_sd[y], self.age_onset_mean_sd[y]
+        return (mi - mo, math.sqrt(max(si * si - so * so, 1.0)))
 
 
 DEFAULT_MODEL = LabelModel()
@@ -224,11 +234,12 @@ def draw_subject(seed: int | np.random.Generator, model: LabelModel = DEFAULT_MO
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     y = int(rng.random() < model.prevalence) if label is None else int(label)
     male = bool(rng.random() < model.p_male[y])
-    age_m = _sample_truncated(rng, _lognorm(model.age_imaging_mean_sd[y]), AGE_MIN_MONTHS, AGE_MAX_MONTHS)
+    onset = _sample_truncated(rng, _lognorm(model.age_onset_mean_sd[y]), 0.0, ONSET_MAX_MONTHS)
+    onset = min(max(round(onset, 1), 0.1), ONSET_MAX_MONTHS)
+    lo, hi = _delay_bounds(onset)
+    age_m = onset + _sample_truncated(rng, _lognorm(model.delay_mean_sd(y)), lo, hi)
     age_days = int(round(age_m * DAYS_PER_MONTH))
     age_m = age_days / DAYS_PER_MONTH
-    onset = _sample_truncated(rng, _lognorm(model.age_onset_mean_sd[y]), 0.0, age_m)
-    onset = min(max(round(onset, 1), 0.1), math.floor(age_m * 10) / 10)
     spasms = bool(rng.random() < model.p_spasms[y])
     asm = bool(rng.random() < model.p_asm_ge_3[y])
     head_scale = expected_head_scale(age_m) * float(np.clip(rng.normal(1.0, 0.03), 0.92, 1.08))
@@ -271,6 +282,11 @@ _LOBE_RANGES = {
 }
 
 
+def _delay_bounds(onset: float) -> tuple[float, float]:
+    """Truncation of the delay so that imaging is in [6, 192] months and >= onset + 0.5 month."""
+    return max(MIN_DELAY_MONTHS, AGE_MIN_MONTHS - onset), AGE_MAX_MONTHS - onset
+
+
 def _lobe_direction(rng: np.random.Generator, lobe: str) -> tuple[float, float]:
     (a0, a1), (e0, e1) = _LOBE_RANGES[lobe]
     return float(rng.uniform(a0, a1)), float(rng.uniform(e0, e1))
@@ -293,10 +309,11 @@ def clinical_log_likelihood(s: SubjectParams, y: int, model: LabelModel = DEFAUL
     ll = _bernoulli_log(model.p_male[y], s.male)
     half_day = 0.5 / DAYS_PER_MONTH
     age_m = s.age_at_imaging_months
-    ll += _log_mass(_lognorm(model.age_imaging_mean_sd[y]), AGE_MIN_MONTHS, AGE_MAX_MONTHS,
-                    age_m - half_day, age_m + half_day)
-    ll += _log_mass(_lognorm(model.age_onset_mean_sd[y]), 0.0, age_m,
-                    s.age_at_onset_months - 0.05, s.age_at_onset_months + 0.05)
+    onset = s.age_at_onset_months
+    onset_lo = 0.0 if onset <= 0.1 else onset - 0.05  # values below 0.05 were rounded up to 0.1
+    ll += _log_mass(_lognorm(model.age_onset_mean_sd[y]), 0.0, ONSET_MAX_MONTHS, onset_lo, onset + 0.05)
+    lo, hi = _delay_bounds(onset)
+    ll += _log_mass(_lognorm(model.delay_mean_sd(y)), lo, hi, age_m - half_day - onset, age_m + half_day - onset)
     ll += _bernoulli_log(model.p_spasms[y], s.infantile_spasms)
     ll += _bernoulli_log(model.p_asm_ge_3[y], s.asm_count_ge_3)
     return ll
