@@ -89,7 +89,8 @@ def run(small: int, large: int, repeats: int, work: Path) -> list[dict]:
             folders = data[name][assocs]
             total = sum(len(list(f.iterdir())) for f in folders)
             result: dict[str, list[float]] = {k: [] for k in (
-                "storescp", "node", "storescp_nodelay", "node_nodelay", "node_no_quickack")}
+                "storescp", "node", "storescp_nodelay", "node_nodelay", "node_nodelay_nofsync",
+                "node_no_quickack")}
             for rep in range(repeats):
                 for nodelay in (False, True):
                     suffix = "_nodelay" if nodelay else ""
@@ -99,14 +100,17 @@ def run(small: int, large: int, repeats: int, work: Path) -> list[dict]:
                         dt = _send(port, folders, "TSCNODE", nodelay)
                     result["storescp" + suffix].append(total / dt)
                     shutil.rmtree(out, ignore_errors=True)
-                    variants = [("node" + suffix, True)]
-                    if not nodelay and name == "8KB":
-                        variants.append(("node_no_quickack", False))
-                    for variant, quickack in variants:
+                    variants = [("node" + suffix, True, True)]
+                    if nodelay:
+                        variants.append(("node_nodelay_nofsync", True, False))
+                    elif name == "8KB":
+                        variants.append(("node_no_quickack", False, True))
+                    for variant, quickack, fsync in variants:
                         nw = work / f"node_{name}_{assocs}_{rep}_{variant}"
                         node = NodeProcess(nw, quiet_period_s=1e6,
                                            extra={"scp": {"quickack": quickack,
                                                           "allowed_calling_aes": ["*"]},
+                                                  "spool": {"fsync": fsync},
                                                   "logging": {"level": "INFO"}})
                         node.start()
                         # let the worker process finish loading before timing
@@ -126,6 +130,8 @@ def run(small: int, large: int, repeats: int, work: Path) -> list[dict]:
                     row[f"{k}_per_s"] = round(statistics.median(v), 1)
             row["ratio_node_vs_storescp"] = round(row["node_per_s"] / row["storescp_per_s"], 3)
             row["ratio_nodelay"] = round(row["node_nodelay_per_s"] / row["storescp_nodelay_per_s"], 3)
+            row["ratio_nodelay_nofsync"] = round(row["node_nodelay_nofsync_per_s"]
+                                                 / row["storescp_nodelay_per_s"], 3)
             if "node_no_quickack_per_s" in row:
                 row["ratio_quickack_gain"] = round(row["node_per_s"] / row["node_no_quickack_per_s"], 2)
             rows.append(row)
@@ -151,15 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_node_") as tmp:
         rows = run(args.small, args.large, args.repeats, Path(tmp))
     print()
-    print("instances/s, medians; 'nodelay' = storescu (and storescp) run with TCP_NODELAY=1")
+    print("instances/s, medians; 'nodelay' = storescu (and storescp) run with TCP_NODELAY=1;")
+    print("node = fsync of file and folder per instance (default); nofsync = spool.fsync false (like storescp)")
     print(f"{'payload':>8} {'assoc':>5} {'n':>6} | {'storescp':>9} {'node':>8} {'ratio':>6} | "
-          f"{'storescp':>9} {'node':>8} {'ratio':>6} | {'node w/o quickack':>17}")
-    print(f"{'':>22} | {'default':^25} | {'nodelay':^25} |")
+          f"{'storescp':>9} {'node':>8} {'ratio':>6} {'nofsync':>8} {'ratio':>6} | {'node w/o quickack':>17}")
+    print(f"{'':>22} | {'default storescu':^25} | {'nodelay':^41} |")
     for r in rows:
         print(f"{r['payload']:>8} {r['associations']:>5} {r['instances']:>6} | {r['storescp_per_s']:>9} "
               f"{r['node_per_s']:>8} {r['ratio_node_vs_storescp']:>6} | {r['storescp_nodelay_per_s']:>9} "
-              f"{r['node_nodelay_per_s']:>8} {r['ratio_nodelay']:>6} | "
-              f"{r.get('node_no_quickack_per_s', '-'):>17}")
+              f"{r['node_nodelay_per_s']:>8} {r['ratio_nodelay']:>6} {r['node_nodelay_nofsync_per_s']:>8} "
+              f"{r['ratio_nodelay_nofsync']:>6} | {r.get('node_no_quickack_per_s', '-'):>17}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
