@@ -59,7 +59,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "version": 1,
     "thresholds": {
         "flair": {"ti_min_ms": 1400.0, "ti_max_ms": 3200.0, "tr_min_ms": 4000.0, "te_min_ms": 70.0},
-        "t2": {"tr_min_ms": 2000.0, "te_min_ms": 70.0, "te_max_ms": 400.0, "flair_like_ti_min_ms": 1400.0},
+        "t2": {"tr_min_ms": 2000.0, "te_min_ms": 70.0, "te_max_ms": 600.0, "flair_like_ti_min_ms": 1400.0},
         "min_slices": 8,
         "max_oblique_deg": 45.0,
     },
