@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -199,16 +198,6 @@ class NodeProcess:
 
 
 @contextmanager
-def running_node(*args: Any, **kwargs: Any) -> Iterator[NodeProcess]:
-    node = NodeProcess(*args, **kwargs).start()
-    try:
-        yield node
-    finally:
-        node.stop()
-        node.kill()
-
-
-@contextmanager
 def dcmtk_storescp(folder: Path, port: int, aet: str = "PACS",
                    nodelay: bool = False) -> Iterator[subprocess.Popen]:
     """dcmtk storescp as a destination PACS on 127.0.0.1 (stopped on exit)."""
@@ -269,11 +258,5 @@ class PacsPeer:
             self.server = None
 
 
-def sop_uids_in(folder: Path) -> list[str]:
-    from pydicom import dcmread
-    return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-            for p in sorted(folder.rglob("*")) if p.is_file()]
-
-
 __all__ = ["dcmtk_tool", "free_port", "wait_until", "make_instance", "write_study", "storescu",
-           "NodeProcess", "running_node", "dcmtk_storescp", "PacsPeer", "sop_uids_in", "shutil"]
+           "NodeProcess", "dcmtk_storescp", "PacsPeer", "dataset_body"]

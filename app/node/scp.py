@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from pathlib import Path
+import threading
 from typing import Any, Callable
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -164,8 +164,6 @@ class StoreScp:
 
     def start(self) -> None:
         """Bind and serve in background threads (non-blocking)."""
-        import threading
-
         cfg = self.config
         ssl_context = None
         if cfg.tls.enabled:

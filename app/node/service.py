@@ -13,7 +13,6 @@ import logging
 import signal
 import ssl
 import threading
-import time
 from typing import Any
 
 from .config import NodeConfig
@@ -111,4 +110,3 @@ class NodeService:
             pass
         logger.info("stop requested", extra={"event": "node_stopping"})
         self.stop()
-        time.sleep(0)
