@@ -288,6 +288,9 @@ def generate_study(out_root: Path, seed: int, options: StudyOptions | None = Non
     if options.descriptions not in DESCRIPTION_MODES:
         raise ValueError(f"unknown descriptions mode {options.descriptions!r}; expected one of {DESCRIPTION_MODES}")
 
+    if options.encoding == "jpeg2000" and min(*options.t2_matrix, *options.flair_matrix) < 32:
+        # OpenJPEG always uses 6 wavelet resolutions, which needs at least 32 pixels per side.
+        raise ValueError("the jpeg2000 encoding needs T2 and FLAIR matrices of at least 32x32")
     sid = subject_id(seed)
     subject = options.subject or draw_subject(_stream(seed, "subject"))
     phantom = HeadPhantom(subject)
@@ -421,7 +424,7 @@ def generate_study(out_root: Path, seed: int, options: StudyOptions | None = Non
 
     def scaled(n: int) -> int:
         """Decoy matrix size (the field of view is kept; pixels grow when scaled down)."""
-        return max(8, int(round(n * scale)))
+        return max(32, int(round(n * scale)))
     if "localizer" in decoys:
         frames = []
         for plane in (SAGITTAL, CORONAL, AXIAL):
@@ -518,7 +521,7 @@ def generate_study(out_root: Path, seed: int, options: StudyOptions | None = Non
     }
     truth_path = truth_dir / "truth.json"
     truth_path.write_text(json.dumps(truth, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    logger.info("generated %s: %d series, encoding %s", sid, len(written), options.encoding)
+    logger.info("generated study %s: %d series, encoding %s", ctx.study_uid, len(written), options.encoding)
 
     return GeneratedStudy(
         sid=sid, input_dir=input_dir, truth_dir=truth_dir, study_instance_uid=ctx.study_uid,

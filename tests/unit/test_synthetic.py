@@ -310,3 +310,16 @@ def test_cli_generate_and_auc(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert cli_main(["auc", "-n", "50", "--json", str(tmp_path / "auc.json")]) == 0
     assert json.loads((tmp_path / "auc.json").read_text())["n"] == 50
     assert "SYN-000004" in capsys.readouterr().out
+
+
+def test_non_trivial_rescale_round_trips(study_dir: Path) -> None:
+    study = generate_study(study_dir / "rescale", 12, small(t2_rescale=(2.0, -100.0), decoys=False))
+    ds = read_series(study.files[study.t2_series_uid])[0]
+    assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (2.0, -100.0)
+    from_headers = volume_from_classic(study.files[study.t2_series_uid])
+    assert np.array_equal(sitk.GetArrayViewFromImage(from_headers), sitk.GetArrayViewFromImage(study.t2_image))
+
+
+def test_jpeg2000_refuses_matrices_openjpeg_cannot_encode(study_dir: Path) -> None:
+    with pytest.raises(ValueError, match="32x32"):
+        generate_study(study_dir / "j2k", 1, small(encoding="jpeg2000", flair_matrix=(24, 24)))
