@@ -20,7 +20,7 @@ DESCRIPTION_MODES = ("standard", "blank", "misleading", "random")
 
 
 @dataclass(frozen=True)
-class Protocol:
+class SeriesProtocol:
     """Acquisition attributes of one series kind (classic DICOM keywords -> values)."""
 
     kind: str
@@ -29,39 +29,39 @@ class Protocol:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    "t2": Protocol("t2", "T2", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
+PROTOCOLS: dict[str, SeriesProtocol] = {
+    "t2": SeriesProtocol("t2", "T2", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
         "ScanningSequence": "SE", "SequenceVariant": ["SK", "SP", "OSP"], "ScanOptions": "",
         "MRAcquisitionType": "2D", "SequenceName": "*tse2d1_16", "RepetitionTime": 2790.0,
         "EchoTime": 93.0, "EchoTrainLength": 16, "FlipAngle": 150.0, "NumberOfAverages": 2.0,
         "PixelBandwidth": 220.0, "ProtocolName": "t2_tse_tra",
     }),
-    "flair": Protocol("flair", "FLAIR", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
+    "flair": SeriesProtocol("flair", "FLAIR", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
         "ScanningSequence": ["SE", "IR"], "SequenceVariant": ["SK", "SP", "MP"], "ScanOptions": "IR",
         "MRAcquisitionType": "2D", "SequenceName": "*tir2d1_16", "RepetitionTime": 9000.0,
         "EchoTime": 132.0, "InversionTime": 2500.0, "EchoTrainLength": 16, "FlipAngle": 150.0,
         "NumberOfAverages": 1.0, "PixelBandwidth": 250.0, "ProtocolName": "t2_tirm_tra_dark-fluid",
     }),
-    "localizer": Protocol("localizer", "LOCALIZER", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
+    "localizer": SeriesProtocol("localizer", "LOCALIZER", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
         "ScanningSequence": "GR", "SequenceVariant": ["SP", "OSP"], "ScanOptions": "",
         "MRAcquisitionType": "2D", "SequenceName": "*fl2d1", "RepetitionTime": 8.6, "EchoTime": 4.0,
         "EchoTrainLength": 1, "FlipAngle": 20.0, "NumberOfAverages": 1.0, "PixelBandwidth": 320.0,
         "ProtocolName": "localizer",
     }),
-    "t1_3d": Protocol("t1", "T1", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
+    "t1_3d": SeriesProtocol("t1", "T1", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
         "ScanningSequence": ["GR", "IR"], "SequenceVariant": ["SK", "SP", "MP"], "ScanOptions": "IR",
         "MRAcquisitionType": "3D", "SequenceName": "*tfl3d1_16ns", "RepetitionTime": 1900.0,
         "EchoTime": 2.5, "InversionTime": 900.0, "EchoTrainLength": 1, "FlipAngle": 9.0,
         "NumberOfAverages": 1.0, "PixelBandwidth": 180.0, "ProtocolName": "t1_mprage_sag",
     }),
-    "t1_2d": Protocol("t1", "T1", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
+    "t1_2d": SeriesProtocol("t1", "T1", ("ORIGINAL", "PRIMARY", "M", "ND", "NORM"), {
         "ScanningSequence": "SE", "SequenceVariant": ["SP", "OSP"], "ScanOptions": "",
         "MRAcquisitionType": "2D", "SequenceName": "*se2d1", "RepetitionTime": 500.0, "EchoTime": 10.0,
         "EchoTrainLength": 1, "FlipAngle": 90.0, "NumberOfAverages": 1.0, "PixelBandwidth": 200.0,
         "ProtocolName": "t1_se_tra",
     }),
-    "flair_derived": Protocol("flair_derived", "FLAIR", ("DERIVED", "SECONDARY", "M", "ND", "NORM"), {}),
-    "dwi": Protocol("dwi", "DWI", ("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE", "ND", "NORM"), {
+    "flair_derived": SeriesProtocol("flair_derived", "FLAIR", ("DERIVED", "SECONDARY", "M", "ND", "NORM"), {}),
+    "dwi": SeriesProtocol("dwi", "DWI", ("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE", "ND", "NORM"), {
         "ScanningSequence": "EP", "SequenceVariant": ["SK", "SP"], "ScanOptions": ["PFP", "FS"],
         "MRAcquisitionType": "2D", "SequenceName": "*ep_b0", "RepetitionTime": 5000.0, "EchoTime": 80.0,
         "EchoTrainLength": 64, "FlipAngle": 90.0, "NumberOfAverages": 1.0, "PixelBandwidth": 1250.0,

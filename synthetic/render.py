@@ -245,10 +245,3 @@ def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) 
     real = image + rng.standard_normal(image.shape, dtype=np.float32) * sigma
     imag = rng.standard_normal(image.shape, dtype=np.float32) * sigma
     return np.sqrt(real * real + imag * imag)
-
-
-def rotation_matrix(angles_rad: tuple[float, float, float]) -> np.ndarray:
-    """The rotation of ``sitk.Euler3DTransform`` with these angles (ZXY order by default)."""
-    t = sitk.Euler3DTransform()
-    t.SetRotation(*angles_rad)
-    return np.array(t.GetMatrix()).reshape(3, 3)

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .dicom_writer import ENCODINGS, Frame, SeriesData, StudyContext, make_uid, write_series
-from .phantom import HeadPhantom, is_tuber
+from .phantom import MAX_NODULES, MAX_TUBERS, NODULE_BASE, TUBER_BASE, HeadPhantom, Tissue, is_tuber
 from .protocols import DECOY_KINDS, DESCRIPTION_MODES, PROTOCOLS, series_description
 from .render import (
     CONTRASTS,
@@ -41,6 +41,7 @@ from .render import (
     add_rician_noise,
     bias_field,
     contrast_lut,
+    myelination,
     render_contrast,
     sample_labels,
 )
@@ -250,9 +251,6 @@ _ADC = {"scalp": 0.3, "skull": 0.5, "csf": 3.0, "gm": 0.85, "wm": 0.72, "wm_unmy
 
 
 def _dwi_lut(phantom: HeadPhantom, b: float) -> np.ndarray:
-    from .phantom import MAX_NODULES, MAX_TUBERS, NODULE_BASE, TUBER_BASE, Tissue
-    from .render import myelination
-
     b0 = contrast_lut("DWI_B0", phantom)
     m = myelination(phantom.subject.age_at_imaging_months)
     adc = np.zeros(256, dtype=np.float32)
