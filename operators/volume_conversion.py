@@ -101,8 +101,16 @@ class Stack:
 
     def describe(self) -> str:
         """``"echo_time=2.41, temporal_position=1 (96 frames)"`` style text."""
-        parts = [f"{k}={v}" for k, v in self.key if v is not None]
+        parts = [f"{k}={_show(v)}" for k, v in self.key if v is not None]
         return (", ".join(parts) or "single stack") + f" ({len(self.frames)} frames)"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "\\".join(_show(v) for v in value)
+    return str(value)
 
 
 # ---------------------------------------------------------------- frame collection
