@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -45,3 +46,9 @@ def setup_logging(fmt: str = "json", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # pynetdicom logs every association and request at INFO; keep it quieter.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    # pydicom/pynetdicom validation warnings quote element values (a crafted UID or a
+    # name field could carry patient data): keep them out of the node's logs.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("pynetdicom.utils").setLevel(logging.ERROR)
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, root.level))
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\..*|highdicom\..*")

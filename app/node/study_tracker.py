@@ -27,7 +27,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 from .jobstore import read_json, write_json
-from .spool import Spool, fsync_dir
+from .spool import Spool, fsync_dir, uid_key
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,17 @@ def instance_files(folder: Path) -> list[Path]:
 
 
 def read_study_uid(folder: Path) -> str:
-    """Study Instance UID of the first readable instance under ``folder`` ('' if none)."""
+    """Study Instance UID of the first readable instance under ``folder`` ('' if none).
+
+    A malformed UID (which could carry any text) is replaced by its spool key, so
+    records and logs only ever hold well-formed UIDs or hashes.
+    """
     for f in instance_files(folder)[:5]:
         try:
             ds = dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
-            return str(ds.get("StudyInstanceUID", ""))
         except Exception:
             continue
+        return uid_key(str(ds.get("StudyInstanceUID", "")))
     return ""
 
 

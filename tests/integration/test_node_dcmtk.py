@@ -50,7 +50,51 @@ def _events(node: NodeProcess) -> list[dict]:
     return out
 
 
+def _send_bad_input(port: int, tmp_path: Path) -> list[int]:
+    """Non-DICOM bytes, a truncated dataset and a path-like UID, sent as raw C-STORE datasets."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, _config
+    from pynetdicom.presentation import build_context
+    from pynetdicom.sop_class import MRImageStorage
+
+    from tests.node_helpers import make_instance
+
+    def raw_file(name: str, body: bytes, sop_uid: str) -> Path:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, sop_uid
+        meta.TransferSyntaxUID, meta.ImplementationClassUID = "1.2.840.10008.1.2.1", generate_uid()
+        path = tmp_path / name
+        with open(path, "wb") as f:
+            f.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(f, meta)
+            f.write(body)
+        return path
+
+    good = make_instance(generate_uid(), generate_uid(), payload_bytes=4096)
+    good.save_as(tmp_path / "g.dcm", enforce_file_format=True)
+    body = dataset_body(tmp_path / "g.dcm")
+    evil = make_instance("../../../../tmp/tsc_node_evil", "../evil", payload_bytes=256,
+                         sop_uid="../../tsc_node_evil.dcm")
+    evil.save_as(tmp_path / "e.dcm", enforce_file_format=True)
+    files = [raw_file("garbage.dcm", b"\x89PNG\r\n not dicom " * 300, generate_uid()),
+             raw_file("truncated.dcm", body[:-700], good.SOPInstanceUID), tmp_path / "e.dcm"]
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        ae = AE(ae_title="STORESCU")
+        ae.requested_contexts = [build_context(MRImageStorage, "1.2.840.10008.1.2.1")]
+        assoc = ae.associate("127.0.0.1", port, ae_title="TSCNODE")
+        assert assoc.is_established
+        statuses = [int(assoc.send_c_store(f).Status) for f in files]
+        assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    return statuses
+
+
 @pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_study_in_sr_out_and_bad_peers(tmp_path: Path) -> None:
     pacs = PacsPeer(tmp_path / "pacs").start()
     study, files = write_study(tmp_path / "study", 12)
@@ -62,21 +106,32 @@ def test_study_in_sr_out_and_bad_peers(tmp_path: Path) -> None:
             not any((node.spool / "incoming").iterdir())
         wrong_called = storescu(node.port, tmp_path / "study", called="NOTUS")
         assert wrong_called.returncode != 0
+        statuses = _send_bad_input(node.port, tmp_path)
+        assert statuses[:2] == [0xC210, 0xC210]  # non-DICOM bytes, truncated dataset: refused
         ok = storescu(node.port, tmp_path / "study")
         assert ok.returncode == 0, ok.stderr
-        wait_until(lambda: _status(node)["results_sent"] == 1, 120)
+        # the good study and the path-like-UID study both end with a result; nothing escaped the spool
+        wait_until(lambda: _status(node)["results_sent"] + _status(node)["failed"] >= 2, 120)
+        time.sleep(1)
         st = _status(node)
-        assert (st["processed"], st["failed"], st["results_unsent"], st["waiting"]) == (1, 0, 0, 0)
+        assert st["processed"] >= 1 and st["waiting"] == 0 and st["running"] == 0
     finally:
         node.stop()
         pacs.stop()
-    assert _results_by_study(tmp_path / "pacs").keys() == {study}
+    assert study in _results_by_study(tmp_path / "pacs")
+    assert len(_results_by_study(tmp_path / "pacs")[study]) == 1
+    assert not list(tmp_path.glob("evil*")) and not list(Path("/tmp").glob("tsc_node_evil*"))
+    for f in node.spool.rglob("*"):
+        assert f.resolve().is_relative_to(node.spool.resolve())
     events = _events(node)
     rejected = [e for e in events if e.get("event") == "assoc_rejected"]
     assert {e["calling_ae"] for e in rejected} >= {"INTRUDER"}
+    refused = [e for e in events if e.get("event") == "instance_rejected"]
+    assert len(refused) == 2 and all("rejected" in e["msg"] for e in refused)
     # no patient identifiers in the logs
     text = node.log_text()
     assert "Test^Node" not in text and "NODE0001" not in text and "20220101" not in text
+    assert "tsc_node_evil" not in text  # crafted values are logged as hashes, never echoed
 
 
 @pytest.mark.timeout(600)
