@@ -115,6 +115,13 @@ class Preprocessed:
         brain_extraction_method: e.g. ``"hd-bet"`` or ``"fallback-morphology"``.
         flags: quality flags.
         timings_s: seconds spent per step.
+        registration_nmi: normalised mutual information FLAIR vs registered T2
+            over the head (1 = independent, 2 = identical); used by quality control.
+        t2_brain_coverage: fraction of the brain mask inside the T2's field of view.
+        normalisation: how min/max of the min-max normalisation were taken
+            (``operators.intensity.NormalisationSpec.describe()``).
+        details: method parameters and numbers for the report (registration
+            initialisation and iterations, brain-extraction device/settings...).
     """
 
     flair: sitk.Image
@@ -129,6 +136,10 @@ class Preprocessed:
     brain_extraction_method: str
     flags: list[QualityFlag] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    registration_nmi: float = float("nan")
+    t2_brain_coverage: float = 1.0
+    normalisation: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
