@@ -31,6 +31,7 @@ Agreement (``Prediction.agreement``):
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -183,9 +184,10 @@ class RunnerOptions:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         num_threads: CPU threads for torch; None = the CPU quota of this process's
             cgroup (or its affinity mask), 0 = leave torch's setting alone.
-        channels_last: Run image networks with ``torch.channels_last_3d`` tensors.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast; only where validated to stay
-            within 1e-3 of fp32, see ``benchmarks/bench_inference.py``).
+        channels_last: Run image networks with ``torch.channels_last_3d`` tensors (faster and
+            leaner on CPU in ``benchmarks/bench_inference.py``, scores within 1e-6).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast). bf16 is for GPUs with native support;
+            on CPUs without it, it was ~80x slower; validate scores within 1e-3 before use.
         weights_residency: ``"memory"`` keeps every fold model built and loaded;
             ``"stream"`` keeps one network per member and loads each fold's weights
             (memory-mapped) when it runs, bounding memory for full-size sets;
@@ -195,7 +197,7 @@ class RunnerOptions:
 
     device: str = "auto"
     num_threads: int | None = None
-    channels_last: bool = False
+    channels_last: bool = True
     precision: str = "fp32"
     weights_residency: str = "auto"
     memory_budget_mb: float = 1024.0
@@ -223,9 +225,12 @@ def cpu_quota() -> int:
 
 
 class _Member:
-    """A member's networks: one per fold (memory) or one reused for all folds (stream)."""
+    """A member's networks: one per fold (memory), or in stream mode one network shared by
+    every member of the same architecture and hyperparameters, loaded with each fold's
+    weights in turn (bounds memory to one network per architecture)."""
 
-    def __init__(self, spec: MemberSpec, device: "torch.device", options: RunnerOptions, stream: bool) -> None:
+    def __init__(self, spec: MemberSpec, device: "torch.device", options: RunnerOptions, stream: bool,
+                 shared: dict[str, Any]) -> None:
         from operators.networks import build_network
 
         self.spec = spec
@@ -234,16 +239,18 @@ class _Member:
         self.stream = stream
         self._stats = [self._stat(f.path) for f in spec.folds]
         self.nets: list[Any] = []
-        for fold in spec.folds:
-            net = build_network(spec.architecture, spec.hyperparameters)
-            self._load(net, fold.path, fold_index=len(self.nets))
-            net = self._prepare(net)
-            self.nets.append(net)
-            if stream:
-                break  # weights of the other folds were checked by _load below
         if stream:
-            for k in range(1, len(spec.folds)):
-                self._load(self.nets[0], spec.folds[k].path, fold_index=k)
+            key = json.dumps([spec.architecture, spec.hyperparameters], sort_keys=True)
+            if key not in shared:
+                shared[key] = self._prepare(build_network(spec.architecture, spec.hyperparameters))
+            self.nets.append(shared[key])
+            for k, fold in enumerate(spec.folds):  # every fold must load now, at start-up
+                self._load(self.nets[0], fold.path, fold_index=k)
+            return
+        for k, fold in enumerate(spec.folds):
+            net = build_network(spec.architecture, spec.hyperparameters)
+            self._load(net, fold.path, fold_index=k)
+            self.nets.append(self._prepare(net))
 
     @staticmethod
     def _stat(path: Path) -> tuple[int, int]:
@@ -335,8 +342,9 @@ class EnsembleRunner:
             raise ModelConfigurationError(f"weights_residency must be auto, memory or stream, got {residency!r}")
         self.residency = residency
         t0 = time.perf_counter()
+        shared: dict[str, Any] = {}
         self.members = {name: _Member(self.model_set.members[name], self.device, self.options,
-                                      stream=residency == "stream") for name in sorted(needed)}
+                                      stream=residency == "stream", shared=shared) for name in sorted(needed)}
         logger.info("loaded %d members (%.0f MB of weights, %s residency) on %s with %d threads in %.1f s",
                     len(self.members), total_mb, residency, self.device, torch.get_num_threads(),
                     time.perf_counter() - t0)
