@@ -134,6 +134,7 @@ def test_study_in_sr_out_and_bad_peers(tmp_path: Path) -> None:
     assert "tsc_node_evil" not in text  # crafted values are logged as hashes, never echoed
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sigkill_during_receipt_and_processing_and_pacs_outage(tmp_path: Path) -> None:
     port = free_port()
