@@ -66,7 +66,7 @@ class QualityThresholds:
     volume_warn_ratio: tuple[float, float] = (0.6, 1.5)
     volume_fail_ratio: tuple[float, float] = (0.35, 2.2)
     volume_abs_ml: tuple[float, float] = (250.0, 2300.0)
-    edge_warn_fraction: float = 0.0005
+    edge_warn_fraction: float = 0.0
     edge_fail_fraction: float = 0.02
     slab_cut_ratio: float = 0.5
     overlap_warn: float = 0.9

@@ -16,7 +16,10 @@ Mattes mutual information) is solved with SimpleITK:
 * **Multi-resolution**: thick-slice acquisitions (5 mm + 1 mm gap) cannot be
   shrunk through-plane, so each level is built explicitly with in-plane-only
   shrinking (``BinShrink`` by (f, f, 1)) after Gaussian smoothing; levels run
-  coarse to fine, each starting from the previous result.
+  coarse to fine, each starting from the previous result. The finest default
+  level is 2x in-plane (about 1.4 mm): with 6 mm slice spacing, the native
+  in-plane resolution did not improve accuracy on synthetic studies but
+  tripled the time.
 * **Metric**: Mattes MI on the FLAIR head mask, random sampling with a fixed
   seed (deterministic), regular-step gradient descent with physical-shift
   scales. The final metric value and a normalised mutual information computed
@@ -61,12 +64,12 @@ class RegistrationSettings:
 
     histogram_bins: int = 32
     sampling_fraction: float = 0.25
-    inplane_shrink: tuple[int, ...] = (4, 2, 1)
-    smoothing_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
+    inplane_shrink: tuple[int, ...] = (4, 2)
+    smoothing_mm: tuple[float, ...] = (2.0, 1.0)
     iterations: int = 200
     learning_rate: float = 2.0
     min_step: float = 1e-3
-    relaxation: float = 0.5
+    relaxation: float = 0.7
     seed: int = 20231373
     try_moments_init: bool = True
     mask_margin_mm: float = 10.0
@@ -286,6 +289,11 @@ def register_t2_to_flair(t2: sitk.Image, flair: sitk.Image,
         reg.SetMetricSamplingPercentage(settings.sampling_fraction, settings.seed)
         reg.SetMetricFixedMask(fm)
         reg.SetInterpolator(sitk.sitkLinear)
+        # ITK's precomputed (recursive-Gaussian) image gradients were measured to
+        # point the optimiser the wrong way on 6 mm-slice volumes; central
+        # differences at the sample points do not.
+        reg.SetMetricUseFixedImageGradientFilter(False)
+        reg.SetMetricUseMovingImageGradientFilter(False)
         reg.SetOptimizerAsRegularStepGradientDescent(
             learningRate=settings.learning_rate / max(1, len(iterations) * 2),
             minStep=settings.min_step, numberOfIterations=settings.iterations,
