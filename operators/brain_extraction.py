@@ -374,6 +374,8 @@ class FallbackSettings:
             neck/face soft tissue, dark on T2, that FLAIR alone lets through).
         erode_mm: In-plane erosion that cuts thin bridges between brain and scalp.
         close_mm: In-plane closing that brings sulcal CSF inside the brain surface.
+        grow_mm: Final in-plane dilation (within the head) that takes back the
+            partial-volume rim lost to the thresholds.
         central_radius_mm: Radius around the head's centre of mass used for the
             reference intensities and to pick the brain component.
     """
@@ -381,7 +383,8 @@ class FallbackSettings:
     flair_fraction: float = 0.55
     t2_fraction: float = 0.75
     erode_mm: float = 3.0
-    close_mm: float = 4.0
+    close_mm: float = 5.0
+    grow_mm: float = 0.7
     central_radius_mm: float = 30.0
 
 
@@ -402,7 +405,7 @@ def fallback_brain_mask(flair: sitk.Image, t2_in_flair: sitk.Image | None,
     and T2 above ``t2_fraction`` of its reference (excludes dark soft tissue);
     in-plane erosion; the component holding most central voxels; dilation back
     within the candidates; in-plane closing (sulcal CSF); holes filled per slice
-    (ventricles).
+    (ventricles); a final one-voxel in-plane dilation (partial-volume rim).
 
     Args:
         flair: FLAIR volume.
@@ -453,6 +456,9 @@ def fallback_brain_mask(flair: sitk.Image, t2_in_flair: sitk.Image | None,
     brain = ndimage.binary_closing(padded, _disk(rx, ry))[:, ry + 1:-(ry + 1), rx + 1:-(rx + 1)]
     for k in range(brain.shape[0]):
         brain[k] = ndimage.binary_fill_holes(brain[k])
+    if settings.grow_mm > 0:
+        grow = _disk(max(1, round(settings.grow_mm / sp[0])), max(1, round(settings.grow_mm / sp[1])))
+        brain = ndimage.binary_dilation(brain, grow) & head
     return _mask_like(brain, flair)
 
 
