@@ -59,13 +59,12 @@ class CasePreparer:
 
     def __init__(self, grids: Mapping[str, GridSpec], brain_extraction: str = "auto",
                  hdbet_weights: Path | None = None, device: str = "auto") -> None:
-        from operators.preprocessing import make_brain_extractor
+        from operators.brain_extraction import BrainExtractor
         from operators.series_selection import load_rules
 
         self.grids = dict(grids)
         self.rules = load_rules(None)
-        self.extractor = make_brain_extractor(brain_extraction, weights=hdbet_weights, models_dir=None,
-                                              device=device)
+        self.extractor = BrainExtractor(brain_extraction, hdbet_weights=hdbet_weights, device=device)
 
     def case(self, input_dir: Path, case_id: str, label: int) -> Case:
         """Preprocess one study into a case.
