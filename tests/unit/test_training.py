@@ -173,3 +173,25 @@ def test_resume_with_a_different_config_is_refused(cases_dir, tmp_path):
     changed["seed"] = 4
     with pytest.raises(TrainingError, match="different config"):
         train(parse_config(changed), cases_dir, tmp_path / "w", members=["clinical"], progress=False)
+
+
+def test_prepare_runs_the_app_stages_on_a_generated_study(tmp_path):
+    synthetic = pytest.importorskip("synthetic")
+    from training.config import load_config
+    from training.prepare import prepare_studies
+
+    study = synthetic.generate_study(tmp_path / "studies", seed=21, options=synthetic.StudyOptions(decoys=False))
+    (tmp_path / "studies" / "not-a-study").mkdir()  # no DICOM: reported as failed, others go on
+    config = load_config("demo")
+    done, failed = prepare_studies(tmp_path / "studies", tmp_path / "cases", config.grids, progress=False,
+                                   brain_extraction="fallback")
+    assert done == 1 and set(failed) == {"not-a-study"}
+    case = load_case(tmp_path / "cases" / f"{study.sid}.npz")
+    truth = json.loads((study.truth_dir / "truth.json").read_text())
+    assert case.label == truth["label"]
+    assert case.clinical_vector()[0] == pytest.approx(truth["clinical"]["age_at_seizure_onset_months"])
+    for key in ("t2@wae", "flair@wae", "flair3@wae", "t2@etsc", "flair@etsc"):
+        img = case.images[key]
+        assert img.shape == tuple(config.grids[key.split("@")[1]].shape)
+        assert img.min() >= 0 and img.max() <= 1.0 + 1e-3 and (img > 0).mean() > 0.05  # a brain is in the grid
+    assert case.meta["brain_extraction_method"] == "fallback-morphology"
