@@ -262,7 +262,9 @@ class _Member:
 
         where = f"member {self.spec.name} fold {fold_index} ({path.name})"
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True, mmap=self.stream)
+            # Stream mode maps the file on the CPU; load_state_dict copies into the (possibly CUDA) network.
+            state = torch.load(path, map_location="cpu" if self.stream else self.device, weights_only=True,
+                               mmap=self.stream)
             if isinstance(state, Mapping) and "state_dict" in state:
                 state = state["state_dict"]
             net.load_state_dict(state, strict=True)
