@@ -374,6 +374,10 @@ class FallbackSettings:
             neck/face soft tissue, dark on T2, that FLAIR alone lets through).
         erode_mm: In-plane erosion that cuts thin bridges between brain and scalp.
         close_mm: In-plane closing that brings sulcal CSF inside the brain surface.
+        slice_continuity_mm: Away from the slice with the largest brain section,
+            each slice's mask is limited to the neighbouring (more central) slice's
+            mask dilated by this margin: brain sections shrink towards the vertex
+            and the skull base, neck and face tissue does not (axial stacks).
         grow_mm: Final in-plane dilation (within the head) that takes back the
             partial-volume rim lost to the thresholds.
         central_radius_mm: Radius around the head's centre of mass used for the
@@ -384,6 +388,7 @@ class FallbackSettings:
     t2_fraction: float = 0.75
     erode_mm: float = 3.0
     close_mm: float = 5.0
+    slice_continuity_mm: float = 2.0
     grow_mm: float = 0.7
     central_radius_mm: float = 30.0
 
@@ -404,7 +409,8 @@ def fallback_brain_mask(flair: sitk.Image, t2_in_flair: sitk.Image | None,
     FLAIR above ``flair_fraction`` of its reference (excludes CSF, skull, air)
     and T2 above ``t2_fraction`` of its reference (excludes dark soft tissue);
     in-plane erosion; the component holding most central voxels; dilation back
-    within the candidates; in-plane closing (sulcal CSF); holes filled per slice
+    within the candidates; slice-to-slice continuity from the largest brain
+    section outwards (stops leaks into neck and face tissue); in-plane closing (sulcal CSF); holes filled per slice
     (ventricles); a final one-voxel in-plane dilation (partial-volume rim).
 
     Args:
@@ -422,7 +428,7 @@ def fallback_brain_mask(flair: sitk.Image, t2_in_flair: sitk.Image | None,
 
     sp = flair.GetSpacing()
     f = sitk.GetArrayViewFromImage(flair).astype(np.float32)
-    head = sitk.GetArrayViewFromImage(head_mask(flair)) > 0
+    head = sitk.GetArrayFromImage(head_mask(flair)) > 0
     zc, yc, xc = (float(np.mean(a)) for a in np.nonzero(head))
     zz, yy, xx = np.ogrid[:f.shape[0], :f.shape[1], :f.shape[2]]
     dist2 = ((xx - xc) * sp[0]) ** 2 + ((yy - yc) * sp[1]) ** 2 + ((zz - zc) * sp[2]) ** 2
@@ -451,6 +457,13 @@ def fallback_brain_mask(flair: sitk.Image, t2_in_flair: sitk.Image | None,
         raise PreprocessingError("fallback brain extraction: no brain tissue near the head centre",
                                  stage="brain_extraction")
     brain = ndimage.binary_dilation(labels == int(np.argmax(counts)), erode) & cand
+    if settings.slice_continuity_mm > 0 and brain.shape[0] > 1:
+        margin = _disk(max(1, round(settings.slice_continuity_mm / sp[0])),
+                       max(1, round(settings.slice_continuity_mm / sp[1])))[0]
+        k0 = int(np.argmax(brain.reshape(brain.shape[0], -1).sum(axis=1)))
+        for k in [*range(k0 - 1, -1, -1), *range(k0 + 1, brain.shape[0])]:
+            inner = brain[k + 1] if k < k0 else brain[k - 1]
+            brain[k] &= ndimage.binary_dilation(inner, margin)
     rx, ry = max(1, round(settings.close_mm / sp[0])), max(1, round(settings.close_mm / sp[1]))
     padded = np.pad(brain, ((0, 0), (ry + 1, ry + 1), (rx + 1, rx + 1)))
     brain = ndimage.binary_closing(padded, _disk(rx, ry))[:, ry + 1:-(ry + 1), rx + 1:-(rx + 1)]
