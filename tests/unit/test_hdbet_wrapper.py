@@ -51,7 +51,7 @@ ARCH = {
 }
 
 
-def write_tiny_hdbet(folder: Path, seed: int = 0) -> Path:
+def write_tiny_hdbet(folder: Path, seed: int = 0, reader_writer: str = "SimpleITKIO") -> Path:
     """Write a random nnU-Net v2 'HD-BET' model folder and return it."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -60,7 +60,7 @@ def write_tiny_hdbet(folder: Path, seed: int = 0) -> Path:
         "dataset_name": "Dataset999_TinyBET", "plans_name": "nnUNetPlans",
         "original_median_spacing_after_transp": [2.0, 2.0, 2.0],
         "original_median_shape_after_transp": [64, 64, 64],
-        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "image_reader_writer": reader_writer, "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
         "configurations": {"3d_fullres": {
             "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
             "batch_size": 2, "patch_size": [32, 32, 32], "median_image_size_in_voxels": [64, 64, 64],
@@ -184,4 +184,19 @@ def test_mask_is_orientation_consistent(models_dir: Path, flair_lps: sitk.Image)
     assert m_ras.GetDirection() == pytest.approx(ras.GetDirection())
     back = sitk.DICOMOrient(m_ras, "LPS")
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(m_lps))
+    assert 0 < int(sitk.GetArrayViewFromImage(m_lps).sum()) < int(np.prod(flair_lps.GetSize()))
+
+
+def test_other_nnunet_reader_goes_through_that_reader(tmp_path: Path, flair_lps: sitk.Image) -> None:
+    """A model planned with NibabelIOWithReorient gets its input through that reader; mask geometry holds."""
+    pytest.importorskip("nibabel")
+    folder = write_tiny_hdbet(tmp_path / "nib" / "release_2.0.0", reader_writer="NibabelIOWithReorient")
+    extractor = HdBetExtractor.from_folder(folder, device="cpu")
+    assert extractor.reader_writer_name == "NibabelIOWithReorient"
+    m_lps = extractor.predict_mask(flair_lps, postprocess=False)
+    assert m_lps.GetSize() == flair_lps.GetSize()
+    assert m_lps.GetOrigin() == pytest.approx(flair_lps.GetOrigin())
+    m_ras = extractor.predict_mask(_reoriented(flair_lps, "RAS"), postprocess=False)
+    back = sitk.DICOMOrient(m_ras, "LPS")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(m_lps))
     assert 0 < int(sitk.GetArrayViewFromImage(m_lps).sum()) < int(np.prod(flair_lps.GetSize()))
