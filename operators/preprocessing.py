@@ -173,7 +173,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _build_operator() -> type:
-    from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
+    from monai.deploy.core import Fragment, Operator, OperatorSpec
 
     class PreprocessingOperator(Operator):
         """Registers the T2 to the FLAIR, extracts the brain, normalises and synthesises FLAIR3.
@@ -181,7 +181,8 @@ def _build_operator() -> type:
         Named inputs:
             t2_volume: :class:`~operators.datatypes.Volume` of the T2 series.
             flair_volume: :class:`~operators.datatypes.Volume` of the FLAIR series.
-            age_months: Age at imaging in months (float) or None; optional port.
+            clinical: :class:`~operators.datatypes.ClinicalData` (its age at imaging feeds the
+                brain-volume check; may be None).
 
         Named output:
             preprocessed: :class:`~operators.datatypes.Preprocessed`.
@@ -205,15 +206,16 @@ def _build_operator() -> type:
         def setup(self, spec: OperatorSpec) -> None:
             spec.input("t2_volume")
             spec.input("flair_volume")
-            spec.input("age_months").condition(ConditionType.NONE)
+            spec.input("clinical")
             spec.output("preprocessed")
 
         def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
             t2 = op_input.receive("t2_volume")
             flair = op_input.receive("flair_volume")
-            age = op_input.receive("age_months")
+            clinical = op_input.receive("clinical")
+            age = getattr(clinical, "age_at_imaging_months", None) if clinical is not None else None
             result = preprocess(t2, flair, extractor=self.extractor,
-                                patient_age_months=float(age) if age is not None else None,
+                                patient_age_months=age.value if age is not None else None,
                                 config=self.config)
             op_output.emit(result, "preprocessed")
 

@@ -1,0 +1,85 @@
+"""The MONAI Deploy application: the operator graph, and nothing else.
+
+    dicom_loader --study--> series_selector --t2_series/flair_series--> t2_volume, flair_volume
+    dicom_loader --study--> clinical_data
+    t2_volume, flair_volume, clinical_data --> preprocessing (registration, brain extraction,
+        normalisation, FLAIR3, quality checks) --> model_grids --> inference (fold ensembles,
+        late fusion) --> study_outputs (SR, FLAIR3 series, PDF) --> result
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from holoscan.conditions import CountCondition
+from monai.deploy.core import Application
+
+from app.config import AppConfig
+from app.pipeline import StudyResult, find_model_set, make_brain_extractor
+from app.result_sink import ResultSinkOperator
+from operators.clinical_data import ClinicalDataOperator
+from operators.dicom_loading import DicomStudyLoaderOperator
+from operators.inference import EnsembleInferenceOperator, RunnerOptions
+from operators.model_inputs import ModelInputsOperator
+from operators.preprocessing import PreprocessingOperator
+from operators.series_selection import SeriesSelectorOperator
+from operators.study_outputs import StudyOutputsOperator
+from operators.volume_conversion import VolumeConverterOperator
+
+
+class TscOutcomeApp(Application):
+    """Predicts one-year seizure control in TSC from pre-treatment T2 + FLAIR MRI (research use only).
+
+    Args:
+        input_dir: Study folder (DICOM files, optional ``clinical.json``).
+        output_dir: Folder for the result DICOM objects.
+        models_dir: Model-set folder (or the MAP models folder holding one).
+        config: Application configuration.
+
+    After ``run()``, ``result`` holds the :class:`~app.pipeline.StudyResult`.
+    """
+
+    def __init__(self, *args, input_dir: Path, output_dir: Path, models_dir: Path,
+                 config: AppConfig | None = None, **kwargs) -> None:
+        self.input_dir = Path(input_dir)
+        self.output_dir = Path(output_dir)
+        self.models_dir = Path(models_dir)
+        self.config = config or AppConfig()
+        self.result: StudyResult | None = None
+        super().__init__(*args, **kwargs)
+
+    def _keep_result(self, result: StudyResult) -> None:
+        self.result = result
+
+    def compose(self) -> None:
+        model_set_dir = find_model_set(self.models_dir)
+        loader = DicomStudyLoaderOperator(self, CountCondition(self, 1), input_folder=self.input_dir,
+                                          name="dicom_loader")
+        selector = SeriesSelectorOperator(self, rules_path=self.config.series_rules, name="series_selector")
+        t2_volume = VolumeConverterOperator(self, name="t2_volume")
+        flair_volume = VolumeConverterOperator(self, name="flair_volume")
+        clinical = ClinicalDataOperator(self, lookup_table=self.config.clinical_lookup, name="clinical_data")
+        preprocessing = PreprocessingOperator(self, extractor=make_brain_extractor(self.config, model_set_dir),
+                                              name="preprocessing")
+        inference = EnsembleInferenceOperator(self, model_set=model_set_dir,
+                                              options=RunnerOptions(device=self.config.device), name="inference")
+        model_grids = ModelInputsOperator(self, model_set=inference.runner.model_set, name="model_grids")
+        outputs = StudyOutputsOperator(self, output_folder=self.output_dir, config=self.config.outputs,
+                                       name="study_outputs")
+        result = ResultSinkOperator(self, on_result=self._keep_result, name="result")
+
+        self.add_flow(loader, selector, {("study", "study")})
+        self.add_flow(loader, clinical, {("study", "study")})
+        self.add_flow(selector, t2_volume, {("t2_series", "series")})
+        self.add_flow(selector, flair_volume, {("flair_series", "series")})
+        self.add_flow(t2_volume, preprocessing, {("volume", "t2_volume")})
+        self.add_flow(flair_volume, preprocessing, {("volume", "flair_volume")})
+        self.add_flow(clinical, preprocessing, {("clinical", "clinical")})
+        self.add_flow(preprocessing, model_grids, {("preprocessed", "preprocessed")})
+        self.add_flow(clinical, model_grids, {("clinical", "clinical")})
+        self.add_flow(model_grids, inference, {("model_inputs", "model_inputs")})
+        self.add_flow(inference, outputs, {("prediction", "prediction")})
+        self.add_flow(selector, outputs, {("t2_series", "t2_series"), ("flair_series", "flair_series")})
+        self.add_flow(preprocessing, outputs, {("preprocessed", "preprocessed")})
+        self.add_flow(inference, result, {("prediction", "prediction")})
+        self.add_flow(outputs, result, {("outputs", "outputs")})

@@ -1,0 +1,219 @@
+"""The whole analysis of one study, in process, with everything heavy loaded once.
+
+:class:`StudyPipeline` calls the same stage cores as the operator graph in
+``app/app.py``; it is what the DICOM node's warm worker runs (models and the
+brain extractor stay loaded between studies) and what tests call end to end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from app.config import AppConfig, app_config_from_dict, load_app_config
+from operators.clinical_data import SiteLookupTable, clinical_data_for_study
+from operators.datatypes import Prediction, Preprocessed, SelectedSeries
+from operators.dicom_loading import LoadedStudy, load_study, scan_folder
+from operators.errors import ModelConfigurationError, PipelineError
+from operators.inference import EnsembleRunner, RunnerOptions, member_inputs_from_preprocessed
+from operators.brain_extraction import BrainExtractor
+from operators.preprocessing import preprocess
+from operators.series_selection import load_rules, select_series
+from operators.study_outputs import WrittenOutputs, write_not_analysable_outputs, write_study_outputs
+from operators.volume_conversion import convert_selected
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyResult:
+    """The outcome of analysing one study.
+
+    Attributes:
+        analysed: True when a prediction was made and the result SR written.
+        prediction: The fused prediction (None when not analysed).
+        outputs: The DICOM files written.
+        error: Why the study could not be analysed.
+        timings_s: Seconds per stage.
+    """
+
+    analysed: bool
+    prediction: Prediction | None = None
+    outputs: WrittenOutputs = field(default_factory=WrittenOutputs)
+    error: PipelineError | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def find_model_set(models_dir: Path) -> Path:
+    """The model-set folder: ``models_dir`` itself, or its only sub-folder with a manifest.
+
+    A MONAI Application Package always puts a model one folder below the models
+    path (``/opt/holoscan/models/<name>/manifest.yaml``), a checkout has it at the top.
+
+    Raises:
+        ModelConfigurationError: No model set, or several and none chosen.
+    """
+    if (models_dir / "manifest.yaml").is_file():
+        return models_dir
+    nested = sorted(p.parent for p in models_dir.glob("*/manifest.yaml"))
+    if len(nested) == 1:
+        return nested[0]
+    if nested:
+        raise ModelConfigurationError(
+            f"{len(nested)} model sets under {models_dir} ({', '.join(p.name for p in nested)}): "
+            "point -m / HOLOSCAN_MODEL_PATH at one")
+    raise ModelConfigurationError(
+        f"no model set in {models_dir} (manifest.yaml missing): install one trained with "
+        "`python -m training` (see models/README.md); without it no prediction is made")
+
+
+def load_runner(models_dir: Path, device: str = "auto") -> EnsembleRunner:
+    """Load and checksum the model set found in ``models_dir`` (see :func:`find_model_set`)."""
+    return EnsembleRunner(find_model_set(models_dir), RunnerOptions(device=device))
+
+
+def make_brain_extractor(config: AppConfig, model_set_dir: Path) -> BrainExtractor:
+    """The configured brain extraction (HD-BET weights looked up next to the model set)."""
+    return BrainExtractor(config.brain_extraction, hdbet_weights=config.hdbet_weights,
+                          models_dir=model_set_dir, device=config.device)
+
+
+class StudyPipeline:
+    """Analyse study folders one after another with models kept loaded.
+
+    Args:
+        config: Application configuration.
+        models_dir: Model-set folder (overrides ``config.models``).
+
+    Raises:
+        ModelConfigurationError / PipelineError: Bad model set, rules, lookup table
+            or brain-extraction setup, detected here at start-up.
+    """
+
+    def __init__(self, config: AppConfig | None = None, models_dir: Path | None = None) -> None:
+        self.config = config or AppConfig()
+        self.models_dir = Path(models_dir or self.config.models or "models")
+        self.runner = load_runner(self.models_dir, self.config.device)
+        self.model_set_dir = self.runner.model_set.root
+        self.rules = load_rules(self.config.series_rules)
+        self.lookup = (SiteLookupTable.from_csv(self.config.clinical_lookup)
+                       if self.config.clinical_lookup else None)
+        self.extractor = make_brain_extractor(self.config, self.model_set_dir)
+
+    def run(self, input_dir: Path, output_dir: Path) -> StudyResult:
+        """Analyse the study in ``input_dir``; write its result objects into ``output_dir``.
+
+        Never raises for a bad study: the reason is in the result and, when the
+        study could be identified, in a "not analysable" SR.
+        """
+        timings: dict[str, float] = {}
+        study: LoadedStudy | None = None
+        selected: list[SelectedSeries] = []
+
+        def timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timings[name] = round(time.perf_counter() - t0, 3)
+
+        try:
+            study = timed("load", load_study, Path(input_dir))
+            selection = timed("select", select_series, study, self.rules)
+            selected = [selection.t2, selection.flair]
+            t2 = timed("convert_t2", convert_selected, selection.t2)
+            flair = timed("convert_flair", convert_selected, selection.flair)
+            clinical = timed("clinical", clinical_data_for_study, study, self.lookup)
+            age = clinical.age_at_imaging_months.value if clinical.age_at_imaging_months else None
+            pre: Preprocessed = timed("preprocess", preprocess, t2, flair, extractor=self.extractor,
+                                      patient_age_months=age)
+            inputs = timed("model_grids", member_inputs_from_preprocessed, pre, clinical, self.runner.model_set)
+            prediction = timed("inference", self.runner.predict, inputs)
+            outputs = timed("outputs", write_study_outputs, Path(output_dir), prediction, selected, pre,
+                            config=self.config.outputs, model_card_base_dir=self.model_set_dir)
+        except PipelineError as error:
+            logger.warning("study not analysable: %s", error)
+            source = _source_datasets(study, Path(input_dir))
+            outputs = (write_not_analysable_outputs(Path(output_dir), error, source, selected_series=selected,
+                                                    config=self.config.outputs)
+                       if source else WrittenOutputs())
+            return StudyResult(False, outputs=outputs, error=error, timings_s=timings)
+        return StudyResult(True, prediction=prediction, outputs=outputs, timings_s=timings)
+
+    def process(self, study_dir: Path, output_dir: Path) -> Any:
+        """The DICOM node's processor interface (``app.node.worker.StudyProcessor``)."""
+        from app.node.worker import ProcessOutcome
+
+        result = self.run(study_dir, output_dir)
+        return ProcessOutcome(analysed=result.analysed,
+                              reason=None if result.error is None else str(result.error),
+                              result_files=result.outputs.paths())
+
+
+def make_processor(options: Mapping[str, Any] | None = None) -> StudyPipeline:
+    """Factory named in the node configuration (``worker.processor``).
+
+    ``options`` is the node's ``worker.options`` mapping: either ``config`` (path
+    of an application configuration file) or the configuration keys inline.
+    """
+    options = dict(options or {})
+    config_path = options.pop("config", None)
+    config = load_app_config(config_path) if config_path else app_config_from_dict(options)
+    return StudyPipeline(config)
+
+
+def _source_datasets(study: LoadedStudy | None, input_dir: Path) -> list[Any]:
+    """Instances identifying the study, for a not-analysable SR (empty if none is readable)."""
+    if study is None:
+        try:
+            folder = scan_folder(input_dir)
+        except Exception:  # noqa: BLE001 - nothing readable: no SR can be attached to a study
+            return []
+        if len(folder.studies) != 1:
+            return []
+        study = next(iter(folder.studies.values()))
+    return [info.datasets[0] for info in study.series.values() if info.datasets]
+
+
+def write_not_analysable(input_dir: Path, output_dir: Path, error: PipelineError,
+                         config: AppConfig) -> Path | None:
+    """Write the "not analysable" SR for a study whose analysis failed; its path, or None."""
+    source = _source_datasets(None, input_dir)
+    if not source:
+        logger.error("no readable DICOM study in the input: no SR can be written")
+        return None
+    try:
+        written = write_not_analysable_outputs(output_dir, error, source, config=config.outputs)
+    except Exception:  # noqa: BLE001 - report the original failure, not this one
+        logger.exception("the not-analysable SR could not be written")
+        return None
+    return written.not_analysable_sr
+
+
+def describe_result(result: StudyResult) -> str:
+    """A short human-readable summary for the terminal (no patient data)."""
+    p = result.prediction
+    if p is None:
+        return f"not analysable: {result.error}"
+    outcome = "UNCONTROLLED" if p.predicted_uncontrolled else "controlled"
+    lines = [f"{p.ensemble}: predicted one-year outcome {outcome} "
+             f"(fused probability {p.fused_score:.3f}, threshold {p.threshold:.2f})"]
+    for m in p.members:
+        lines.append(f"  {m.name:<16} " + (f"{m.score:.3f} (weight {m.weight:.2f}, {len(m.fold_scores)} folds)"
+                                            if m.used else f"left out: {m.reason_left_out}"))
+    for name, other in p.other_ensembles.items():
+        lines.append(f"  {name}: fused probability {other.fused_score:.3f}")
+    if p.model_set_synthetic:
+        lines.append("  models trained on synthetic data: not a clinical model")
+    lines.append("  research use only, not for diagnosis")
+    out = result.outputs
+    if out.sr:
+        lines.append(f"SR: {out.sr}")
+    if out.pdf:
+        lines.append(f"PDF: {out.pdf}")
+    if out.flair3_series:
+        lines.append(f"FLAIR3 series: {len(out.flair3_series)} instances in {out.flair3_series[0].parent}")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""The graph's last operator: hands the study's result back to the code that ran the graph."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from app.pipeline import StudyResult
+
+
+def _build_operator() -> type:
+    from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+    class ResultSinkOperator(Operator):
+        """Collects the prediction and the files written into a :class:`StudyResult`.
+
+        Named inputs:
+            prediction: ``Prediction`` of the primary ensemble.
+            outputs: ``WrittenOutputs`` (the DICOM files written).
+        """
+
+        def __init__(self, fragment: Fragment, *args: Any, on_result: Callable[[StudyResult], None],
+                     **kwargs: Any) -> None:
+            """Create the operator.
+
+            Args:
+                fragment: The application.
+                on_result: Called once with the study's result.
+            """
+            self.on_result = on_result
+            super().__init__(fragment, *args, **kwargs)
+
+        def setup(self, spec: OperatorSpec) -> None:
+            spec.input("prediction")
+            spec.input("outputs")
+
+        def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+            self.on_result(StudyResult(True, prediction=op_input.receive("prediction"),
+                                       outputs=op_input.receive("outputs")))
+
+    ResultSinkOperator.__module__ = __name__
+    ResultSinkOperator.__qualname__ = "ResultSinkOperator"
+    return ResultSinkOperator
+
+
+def __getattr__(name: str) -> Any:
+    # Built on first access so that importing the module does not import the SDK.
+    if name == "ResultSinkOperator":
+        cls = _build_operator()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
