@@ -36,6 +36,7 @@ from operators.quality import (
     check_mask_edges,
     check_model_grid,
     check_registration,
+    check_registration_motion,
     mask_volume_ml,
     raise_on_failure,
 )
@@ -136,6 +137,7 @@ def preprocess(t2: Volume, flair: Volume, *, extractor: BrainExtractor,
     volume_ml = mask_volume_ml(mask)
     flags: list[QualityFlag] = []
     flags += check_registration(reg.nmi, config.quality)
+    flags += check_registration_motion(reg.transform, reg.transform.GetCenter(), config.quality)
     flags += check_brain_volume(volume_ml, patient_age_months, config.quality)
     flags += check_mask_edges(mask, config.quality)
     flags += check_fov_overlap(t2_brain_coverage, config.quality)

@@ -14,6 +14,7 @@ from operators.quality import (
     check_mask_edges,
     check_model_grid,
     check_registration,
+    check_registration_motion,
     expected_brain_volume_ml,
     mask_volume_ml,
     raise_on_failure,
@@ -27,8 +28,8 @@ def _codes(flags):
 
 
 def test_registration_thresholds() -> None:
-    assert check_registration(1.2) == []
-    assert _codes(check_registration(1.07)) == [("REGISTRATION_POOR", "warning")]
+    assert check_registration(1.09) == []
+    assert _codes(check_registration(1.05)) == [("REGISTRATION_POOR", "warning")]
     assert _codes(check_registration(1.01)) == [("REGISTRATION_POOR", "fail")]
     assert _codes(check_registration(float("nan"))) == [("REGISTRATION_POOR", "fail")]
 
@@ -98,11 +99,25 @@ def test_fov_overlap_and_grid_crop() -> None:
 
 
 def test_raise_on_failure_carries_all_flags() -> None:
-    flags = check_registration(1.07) + check_fov_overlap(0.3)
+    flags = check_registration(1.05) + check_fov_overlap(0.3)
     with pytest.raises(QualityCheckFailed) as exc:
         raise_on_failure(flags)
     assert isinstance(exc.value, QualityCheckError)
     assert exc.value.stage == "quality_check"
     assert [f.code for f in exc.value.flags] == ["REGISTRATION_POOR", "FOV_OVERLAP_LOW"]
     assert "T2 covers only 30%" in exc.value.reason
-    raise_on_failure(check_registration(1.07))  # warnings only: no exception
+    raise_on_failure(check_registration(1.05))  # warnings only: no exception
+
+
+def test_registration_motion() -> None:
+    small = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, np.deg2rad(4.0), (5.0, -3.0, 2.0))
+    assert check_registration_motion(small, (0.0, 0.0, 0.0)) == []
+    # 15 degrees about z around the origin: the head centre at (0, 0, 0) does not move
+    turned = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, np.deg2rad(15.0), (0.0, 0.0, 0.0))
+    flags = check_registration_motion(turned, (0.0, 0.0, 0.0))
+    assert _codes(flags) == [("REGISTRATION_LARGE_MOTION", "warning")] and "15.0 degrees" in flags[0].message
+    # a 5 degree turn about a far centre displaces the head centre by 100 mm * 2 sin(2.5 deg) = 8.7 mm
+    far = sitk.Euler3DTransform((100.0, 0.0, 0.0), 0.0, 0.0, np.deg2rad(5.0), (0.0, 0.0, 0.0))
+    assert check_registration_motion(far, (0.0, 0.0, 0.0)) == []
+    shifted = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, 0.0, (0.0, 25.0, 0.0))
+    assert _codes(check_registration_motion(shifted, (0.0, 0.0, 0.0))) == [("REGISTRATION_LARGE_MOTION", "warning")]
