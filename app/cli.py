@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from operators.errors import PipelineError
+from operators.errors import ModelConfigurationError, PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ def _setup_logging(level: str | None, verbose: bool) -> None:
     chosen = {"WARN": "WARNING"}.get(chosen, chosen)
     logging.basicConfig(level=getattr(logging, chosen),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    # Holoscan's own logger reads this before the graph starts.
-    os.environ.setdefault("HOLOSCAN_LOG_LEVEL", "INFO" if verbose else "ERROR")
+    # Holoscan's own logger reads this before the graph starts; its error lines repeat what
+    # the one-line reason below says, so they are shown only with -v.
+    os.environ.setdefault("HOLOSCAN_LOG_LEVEL", "INFO" if verbose else "CRITICAL")
 
 
 def _resolve(value: Path | None, env: str, default: str) -> Path:
@@ -57,7 +58,7 @@ def _resolve(value: Path | None, env: str, default: str) -> Path:
 def run_study(input_dir: Path, output_dir: Path, models_dir: Path, config_path: Path | None) -> int:
     """Run the operator graph on one study and print the outcome; returns the exit code."""
     from app.app import TscOutcomeApp
-    from app.config import load_app_config
+    from app.config import ConfigurationError, load_app_config
     from app.pipeline import describe_result, write_not_analysable
 
     try:
@@ -73,21 +74,20 @@ def run_study(input_dir: Path, output_dir: Path, models_dir: Path, config_path: 
     try:
         application.run()
     except PipelineError as exc:
-        written = write_not_analysable(input_dir, output_dir, exc, config)
-        print(f"NOT ANALYSABLE {exc}", file=sys.stderr)
-        if written is not None:
-            print(f"not-analysable SR: {written}")
-        return EXIT_NOT_ANALYSABLE
+        error, code = exc, (EXIT_ERROR if isinstance(exc, (ModelConfigurationError, ConfigurationError))
+                            else EXIT_NOT_ANALYSABLE)
     except Exception as exc:  # noqa: BLE001 - the radiologist still gets an SR saying the analysis failed
         logger.exception("internal error")
-        error = PipelineError(f"internal error: {type(exc).__name__}: {exc}", stage="internal")
-        written = write_not_analysable(input_dir, output_dir, error, config)
-        print(f"NOT ANALYSABLE {error}", file=sys.stderr)
-        if written is not None:
-            print(f"not-analysable SR: {written}")
-        return EXIT_ERROR
-    print(describe_result(application.result))
-    return EXIT_OK
+        error, code = PipelineError(f"internal error: {type(exc).__name__}", stage="internal"), EXIT_ERROR
+    else:
+        print(describe_result(application.result))
+        return EXIT_OK
+    # The radiologist is not left waiting: whatever failed, the study gets a short SR saying so.
+    written = write_not_analysable(input_dir, output_dir, error, config)
+    print(f"NOT ANALYSABLE {error}", file=sys.stderr)
+    for path in written:
+        print(f"not-analysable SR: {path}")
+    return code
 
 
 def main_map(argv: Sequence[str]) -> int:

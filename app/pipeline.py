@@ -153,44 +153,62 @@ class StudyPipeline:
                               result_files=result.outputs.paths())
 
 
-def make_processor(options: Mapping[str, Any] | None = None) -> StudyPipeline:
-    """Factory named in the node configuration (``worker.processor``).
+def app_config_from_options(options: Mapping[str, Any] | None) -> AppConfig:
+    """The application configuration from the node's ``worker.options`` mapping.
 
-    ``options`` is the node's ``worker.options`` mapping: either ``config`` (path
-    of an application configuration file) or the configuration keys inline.
+    Either ``config`` (path of an application configuration file) or the
+    configuration keys inline.
     """
     options = dict(options or {})
     config_path = options.pop("config", None)
-    config = load_app_config(config_path) if config_path else app_config_from_dict(options)
-    return StudyPipeline(config)
+    return load_app_config(config_path) if config_path else app_config_from_dict(options)
+
+
+def make_processor(options: Mapping[str, Any] | None = None) -> StudyPipeline:
+    """Factory named in the node configuration (``worker.processor``)."""
+    return StudyPipeline(app_config_from_options(options))
+
+
+def _study_instances(study: LoadedStudy) -> list[Any]:
+    """One instance per series: the patient/study attributes and evidence of a not-analysable SR."""
+    return [info.datasets[0] for info in study.series.values() if info.datasets]
 
 
 def _source_datasets(study: LoadedStudy | None, input_dir: Path) -> list[Any]:
     """Instances identifying the study, for a not-analysable SR (empty if none is readable)."""
-    if study is None:
-        try:
-            folder = scan_folder(input_dir)
-        except Exception:  # noqa: BLE001 - nothing readable: no SR can be attached to a study
-            return []
-        if len(folder.studies) != 1:
-            return []
-        study = next(iter(folder.studies.values()))
-    return [info.datasets[0] for info in study.series.values() if info.datasets]
+    if study is not None:
+        return _study_instances(study)
+    studies = _readable_studies(input_dir)
+    return _study_instances(studies[0]) if len(studies) == 1 else []
+
+
+def _readable_studies(input_dir: Path) -> list[LoadedStudy]:
+    try:
+        return list(scan_folder(input_dir).studies.values())
+    except Exception:  # noqa: BLE001 - nothing readable: no SR can be attached to a study
+        logger.exception("input folder could not be scanned")
+        return []
 
 
 def write_not_analysable(input_dir: Path, output_dir: Path, error: PipelineError,
-                         config: AppConfig) -> Path | None:
-    """Write the "not analysable" SR for a study whose analysis failed; its path, or None."""
-    source = _source_datasets(None, input_dir)
-    if not source:
-        logger.error("no readable DICOM study in the input: no SR can be written")
-        return None
-    try:
-        written = write_not_analysable_outputs(output_dir, error, source, config=config.outputs)
-    except Exception:  # noqa: BLE001 - report the original failure, not this one
-        logger.exception("the not-analysable SR could not be written")
-        return None
-    return written.not_analysable_sr
+                         config: AppConfig) -> list[Path]:
+    """Write a "not analysable" SR into every readable study of the input; the paths written.
+
+    An input normally holds one study; when it holds several (which is itself a
+    reason not to analyse it), each study gets its own SR so no reader is left waiting.
+    """
+    written: list[Path] = []
+    for study in _readable_studies(input_dir):
+        try:
+            out = write_not_analysable_outputs(output_dir, error, _study_instances(study), config=config.outputs)
+        except Exception:  # noqa: BLE001 - report the original failure, not this one
+            logger.exception("the not-analysable SR could not be written")
+            continue
+        if out.not_analysable_sr is not None:
+            written.append(out.not_analysable_sr)
+    if not written:
+        logger.error("no readable DICOM study in the input: no not-analysable SR written")
+    return written
 
 
 def describe_result(result: StudyResult) -> str:

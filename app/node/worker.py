@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from .fallback_sr import write_not_analysable_sr
 from .jobstore import read_json, write_json
 from .spool import Spool
 from .study_tracker import Job
@@ -348,18 +347,31 @@ class WorkerPool:
                     return
                 analysed, reason, files = False, str(exc), []
         if not analysed and not files:
-            try:
-                files = [write_not_analysable_sr(job.input_dir, reason or "unknown error",
-                                                 out_dir / "fallback")]
-            except Exception as exc:
-                logger.error("could not build the not-analysable SR: %s", exc,
-                             extra={"event": "fallback_sr_failed", "job_id": job.job_id})
+            files = self._fallback_sr(job, reason, out_dir / "fallback")
         self.deliver(job, files, analysed, reason)
         self._finish(job, analysed, reason)
         logger.info("study processed" if analysed else "study not analysable; quarantined",
                     extra={"event": "job_finished", "job_id": job.job_id, "study_uid": job.study_uid,
                            "analysed": analysed, "reason": reason, "results": len(files),
                            "seconds": round(time.monotonic() - started, 3)})
+
+    def _fallback_sr(self, job: Job, reason: str | None, out_dir: Path) -> list[Path]:
+        """The pipeline's own not-analysable SR, written here when the pipeline could not (crash, hang)."""
+        from app.config import AppConfig
+        from app.pipeline import app_config_from_options, write_not_analysable
+        from operators.errors import PipelineError
+
+        try:
+            config = app_config_from_options(self.options)
+        except PipelineError:  # options of another processor than the app's pipeline: default outputs
+            config = AppConfig()
+        try:
+            error = PipelineError(reason or "unknown error", stage="processing")
+            return write_not_analysable(job.input_dir, out_dir, error, config)
+        except Exception as exc:  # noqa: BLE001 - logged; the job is still finished and quarantined
+            logger.error("could not build the not-analysable SR: %s", type(exc).__name__,
+                         extra={"event": "fallback_sr_failed", "job_id": job.job_id})
+            return []
 
     def _finish(self, job: Job, analysed: bool, reason: str | None) -> None:
         record = read_json(job.record_path)

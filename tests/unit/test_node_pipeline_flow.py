@@ -125,9 +125,9 @@ def test_worker_success_failure_crash_timeout_and_delivery(tmp_path: Path) -> No
         got.setdefault(str(ds.StudyInstanceUID), []).append(str(ds.SeriesDescription))
     assert got == {studies["MRI BRAIN"]: ["TSC outcome (test double)"],
                    studies["AFTER"]: ["TSC outcome (test double)"],
-                   studies["RAISE"]: ["TSC outcome: not analysable"],
-                   studies["CRASH"]: ["TSC outcome: not analysable"],
-                   studies["HANG"]: ["TSC outcome: not analysable"]}
+                   studies["RAISE"]: ["AI epilepsy outcome: not analysable"],
+                   studies["CRASH"]: ["AI epilepsy outcome: not analysable"],
+                   studies["HANG"]: ["AI epilepsy outcome: not analysable"]}
     # the processor was loaded once per worker process: the first two studies share a pid,
     # and a fresh process took over after the crash and the hang
     runs = [line.split() for line in (spool.root / "ledger.txt").read_text().splitlines()]
