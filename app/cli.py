@@ -100,10 +100,41 @@ def main_map(argv: Sequence[str]) -> int:
                      args.config)
 
 
+def show_study(input_dir: Path, config_path: Path | None) -> None:
+    """Print what the pipeline sees in a study: the series chosen and the preprocessing numbers."""
+    from app.config import load_app_config
+    from app.pipeline import make_brain_extractor
+    from operators.clinical_data import clinical_data_for_study
+    from operators.dicom_loading import load_study
+    from operators.preprocessing import preprocess
+    from operators.series_selection import load_rules, select_series
+    from operators.volume_conversion import convert_selected
+
+    config = load_app_config(config_path)
+    study = load_study(input_dir)
+    selection = select_series(study, load_rules(config.series_rules))
+    print(f"{len(study.series)} series in the study:")
+    for uid, features in selection.features.items():
+        role = next((s.role.value for s in (selection.t2, selection.flair) if s and s.series_instance_uid == uid), "-")
+        print(f"  [{role:>5}] #{features['SeriesNumber']} '{features['SeriesDescription']}': "
+              f"TR {features['RepetitionTime']} TE {features['EchoTime']} TI {features['InversionTime']}, "
+              f"{features['slices']} slices {features['orientation']}, {features['ImageType']}")
+    for role, explanation in selection.explanations.items():
+        print(f"  {role.value}: {explanation.rule}")
+    clinical = clinical_data_for_study(study)
+    age = clinical.age_at_imaging_months.value if clinical.age_at_imaging_months else None
+    pre = preprocess(convert_selected(selection.t2), convert_selected(selection.flair),
+                     extractor=make_brain_extractor(config, Path(config.models or "models")), patient_age_months=age)
+    print(f"preprocessing: registration NMI {pre.registration_nmi:.3f}, brain {pre.brain_volume_ml:.0f} ml "
+          f"({pre.brain_extraction_method}), {pre.timings_s.get('total', 0):.1f} s; quality flags: "
+          + (", ".join(f"{f.code} ({f.severity})" for f in pre.flags) or "none"))
+
+
 def main_demo(argv: Sequence[str]) -> int:
-    """``python -m app demo``: generate the embedded synthetic study and analyse it."""
+    """``python -m app demo``: generate the embedded synthetic study, show it, and analyse it."""
     p = argparse.ArgumentParser(prog="python -m app demo",
-                                description="Generate the embedded synthetic study (fixed seed) and run the app on it.")
+                                description="Generate the embedded synthetic study (fixed seed), show what the "
+                                            "pipeline sees in it, and run the app on it when a model set is installed.")
     p.add_argument("--work", type=Path, default=Path("demo-output"), help="folder for the study and the results")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="synthetic subject seed")
     p.add_argument("-m", "--model", type=Path, default=Path(__file__).resolve().parent.parent / "models",
@@ -113,13 +144,18 @@ def main_demo(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     _setup_logging(None, args.verbose)
 
+    from app.pipeline import find_model_set
     from synthetic import StudyOptions, generate_study
 
-    study = generate_study(args.work / "studies", args.seed, StudyOptions())
-    truth = study.subject
-    print(f"synthetic study {study.sid}: {len(study.files)} series in {study.input_dir} "
-          f"(ground truth in {study.truth_dir}; true label: "
-          f"{'uncontrolled' if truth.label else 'controlled'})")
+    study = generate_study(args.work / "studies", args.seed, StudyOptions(decoys=True, descriptions="random"))
+    print(f"synthetic study {study.sid} in {study.input_dir} (ground truth in {study.truth_dir}; "
+          f"true one-year outcome: {'uncontrolled' if study.label else 'controlled'})")
+    show_study(study.input_dir, args.config)
+    try:
+        find_model_set(args.model)
+    except PipelineError as exc:
+        print(f"no prediction: {exc.reason}")
+        return EXIT_OK
     return run_study(study.input_dir, args.work / "results" / study.sid, args.model, args.config)
 
 

@@ -116,3 +116,22 @@ def test_dicom_variety_folders_end_with_reason_and_sr(folder: str, model_set: Pa
             assert dump.returncode == 0
             assert not [line for line in dump.stderr.splitlines()
                         if line.startswith(("W:", "E:")) and "ISO_IR 192" not in line]
+
+
+def test_demo_shows_the_embedded_study_and_analyses_it(model_set: Path, tmp_path: Path) -> None:
+    result = run_app("demo", "--work", tmp_path, "-m", model_set)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[   T2]" in out and "[FLAIR]" in out
+    assert "preprocessing: registration NMI" in out
+    sr_line = next(line for line in out.splitlines() if line.startswith("SR: "))
+    assert read_result_sr(pydicom.dcmread(REPO / sr_line[4:])).analysed
+
+
+def test_demo_without_a_model_set_says_no_prediction(tmp_path: Path) -> None:
+    empty = tmp_path / "models"
+    empty.mkdir()
+    result = run_app("demo", "--work", tmp_path, "-m", empty)
+    assert result.returncode == 0, result.stderr
+    assert "no prediction: no model set" in result.stdout
+    assert not list(tmp_path.rglob("results/*/*.dcm"))
