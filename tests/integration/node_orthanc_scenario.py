@@ -27,17 +27,40 @@ from tests.node_helpers import REPO, NodeProcess, free_port, storescu, wait_unti
 LUA = REPO / "app" / "node" / "orthanc" / "route_tsc.lua"
 
 
-def make_studies(root: Path) -> dict[str, dict[str, Any]]:
+REAL_PIPELINE = "app.pipeline:make_processor"
+# Coarser pixels than a scanner's (same field of view and slices) keep the real pipeline quick.
+PIPELINE_STUDY = dict(t2_matrix=(192, 192), t2_pixel_mm=1.2, flair_matrix=(160, 160), flair_pixel_mm=1.4)
+DOUBLE_STUDY = dict(t2_matrix=(128, 128), flair_matrix=(112, 112), slices=10)
+
+
+def processor_setup(processor: str, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(worker options, study size) for the real pipeline or the test double.
+
+    The real pipeline gets a tiny model set with constant outputs (built here: no
+    trained weights exist in a test), fallback brain extraction, and the FLAIR3 series on.
+    """
+    if processor == REAL_PIPELINE:
+        from tests.unit._model_sets import make_model_set
+
+        probabilities = {m: [0.7, 0.7] for m in ("t2_wae", "flair_wae", "flair3_wae", "clinical",
+                                                 "t2_etsc", "flair_etsc")}
+        make_model_set(work / "models", probabilities)
+        options = {"models": str(work / "models"), "brain_extraction": "fallback",
+                   "outputs": {"flair3_series": True, "pdf": False}}
+        return options, PIPELINE_STUDY
+    return {"ledger": str(work / "ledger.txt"), "derived_series": True}, DOUBLE_STUDY
+
+
+def make_studies(root: Path, size: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Three synthetic studies: routed (child, TSC protocol), adult, and child non-TSC description."""
     from synthetic import StudyOptions, generate_study
 
-    small = dict(t2_matrix=(128, 128), flair_matrix=(112, 112), slices=10)
     plan = {"tsc_child": (11, "MR BRAIN TSC PROTOCOL", None, True),
             "tsc_adult": (12, "MR BRAIN TSC PROTOCOL", "045Y", False),
             "other_child": (13, None, None, False)}
     out = {}
     for name, (seed, description, age, decoys) in plan.items():
-        study = generate_study(root / name, seed, StudyOptions(decoys=decoys, **small))
+        study = generate_study(root / name, seed, StudyOptions(decoys=decoys, **size))
         for f in study.input_dir.rglob("*"):
             if not f.is_file() or f.suffix == ".json":
                 continue
@@ -84,14 +107,15 @@ def start_orthanc(work: Path, http_port: int, dicom_port: int, node_port: int) -
 
 def run(work: Path, processor: str) -> dict[str, Any]:
     report: dict[str, Any] = {"processor": processor}
-    studies = make_studies(work / "studies")
+    options, size = processor_setup(processor, work)
+    studies = make_studies(work / "studies", size)
     report["studies"] = {k: v["study_uid"] for k, v in studies.items()}
     http_port, dicom_port, node_port = free_port(), free_port(), free_port()
     orthanc = start_orthanc(work, http_port, dicom_port, node_port)
     client = OrthancClient(f"http://127.0.0.1:{http_port}")
     ledger = work / "ledger.txt"
     node = NodeProcess(work / "node", port=node_port, destinations=[f"ORTHANC@127.0.0.1:{dicom_port}"],
-                       processor=processor, options={"ledger": str(ledger), "derived_series": True},
+                       processor=processor, options=options,
                        quiet_period_s=2)
     try:
         for name, s in studies.items():
@@ -156,7 +180,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--processor", default="tests.node_doubles:make_result_writer")
+    ap.add_argument("--processor", default=REAL_PIPELINE)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     try:
