@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from app.pipeline import StudyResult
+from operators.lazy_operator import lazy_operator
 
 
 def _build_operator() -> type:
@@ -37,15 +38,7 @@ def _build_operator() -> type:
             self.on_result(StudyResult(True, prediction=op_input.receive("prediction"),
                                        outputs=op_input.receive("outputs")))
 
-    ResultSinkOperator.__module__ = __name__
-    ResultSinkOperator.__qualname__ = "ResultSinkOperator"
     return ResultSinkOperator
 
 
-def __getattr__(name: str) -> Any:
-    # Built on first access so that importing the module does not import the SDK.
-    if name == "ResultSinkOperator":
-        cls = _build_operator()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_operator(globals(), "ResultSinkOperator", _build_operator)

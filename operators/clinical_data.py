@@ -42,6 +42,7 @@ from pydicom import Dataset
 
 from operators.datatypes import ClinicalData, ClinicalValue
 from operators.errors import ClinicalDataError
+from operators.lazy_operator import lazy_operator
 
 logger = logging.getLogger(__name__)
 
@@ -390,8 +391,6 @@ def _operator_class() -> type:
             study = op_input.receive("study")
             op_output.emit(clinical_data_for_study(study, self.lookup), "clinical")
 
-    ClinicalDataOperator.__module__ = __name__
-    ClinicalDataOperator.__qualname__ = "ClinicalDataOperator"
     return ClinicalDataOperator
 
 
@@ -410,14 +409,4 @@ def clinical_data_for_study(study: Any, lookup: SiteLookupTable | None = None) -
     return build_clinical_data(ds, clinical_file=path, lookup=lookup)
 
 
-_OPERATOR: type | None = None
-
-
-def __getattr__(name: str) -> Any:
-    # The operator class is created on first access so that the core imports without the SDK.
-    global _OPERATOR
-    if name == "ClinicalDataOperator":
-        if _OPERATOR is None:
-            _OPERATOR = _operator_class()
-        return _OPERATOR
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_operator(globals(), "ClinicalDataOperator", _operator_class)

@@ -38,6 +38,7 @@ from pydicom.uid import (
 )
 
 from operators.errors import DicomReadError
+from operators.lazy_operator import lazy_operator
 
 logger = logging.getLogger(__name__)
 
@@ -447,14 +448,6 @@ def load_study(root: Path, study_instance_uid: str | None = None) -> LoadedStudy
     return study
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DicomStudyLoaderOperator":
-        cls = _build_operator()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _build_operator() -> type:
     from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
@@ -499,3 +492,6 @@ def _build_operator() -> type:
             op_output.emit(load_study(root, self.study_instance_uid), "study")
 
     return DicomStudyLoaderOperator
+
+
+__getattr__ = lazy_operator(globals(), "DicomStudyLoaderOperator", _build_operator)

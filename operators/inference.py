@@ -44,6 +44,7 @@ import numpy as np
 
 from operators.datatypes import ClinicalData, MemberResult, Prediction, Preprocessed
 from operators.errors import InferenceError, ModelConfigurationError
+from operators.lazy_operator import lazy_operator
 from operators.model_manifest import CLINICAL_INPUT, EnsembleSpec, MemberSpec, ModelSet, load_model_set, sha256_file
 
 if TYPE_CHECKING:
@@ -471,19 +472,7 @@ def _operator_class() -> type:
             inputs = op_input.receive(self.input_name)
             op_output.emit(self.runner.predict(inputs), self.output_name)
 
-    EnsembleInferenceOperator.__module__ = __name__
-    EnsembleInferenceOperator.__qualname__ = "EnsembleInferenceOperator"
     return EnsembleInferenceOperator
 
 
-_OPERATOR: type | None = None
-
-
-def __getattr__(name: str) -> Any:
-    # The operator class is created on first access so that the core imports without the SDK.
-    global _OPERATOR
-    if name == "EnsembleInferenceOperator":
-        if _OPERATOR is None:
-            _OPERATOR = _operator_class()
-        return _OPERATOR
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_operator(globals(), "EnsembleInferenceOperator", _operator_class)

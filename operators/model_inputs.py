@@ -11,6 +11,7 @@ from typing import Any
 
 from operators.inference import member_inputs_from_preprocessed
 from operators.model_manifest import ModelSet
+from operators.lazy_operator import lazy_operator
 
 
 def _build_operator() -> type:
@@ -47,15 +48,7 @@ def _build_operator() -> type:
                                                      self.model_set)
             op_output.emit(inputs, "model_inputs")
 
-    ModelInputsOperator.__module__ = __name__
-    ModelInputsOperator.__qualname__ = "ModelInputsOperator"
     return ModelInputsOperator
 
 
-def __getattr__(name: str) -> Any:
-    # Built on first access so that importing the module does not import the SDK.
-    if name == "ModelInputsOperator":
-        cls = _build_operator()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_operator(globals(), "ModelInputsOperator", _build_operator)

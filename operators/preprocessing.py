@@ -27,6 +27,7 @@ from operators.brain_extraction import BrainExtractor
 from operators.datatypes import Preprocessed, QualityFlag, Volume
 from operators.errors import PreprocessingError
 from operators.intensity import DEFAULT_NORMALISATION, NormalisationSpec, flair3, normalise_brain
+from operators.lazy_operator import lazy_operator
 from operators.model_grid import ETSC_NET_GRID, WAE_NET_GRID, GridSpec, fraction_of_brain_inside_grid
 from operators.quality import (
     DEFAULT_THRESHOLDS,
@@ -166,14 +167,6 @@ def preprocess(t2: Volume, flair: Volume, *, extractor: BrainExtractor,
     return result
 
 
-def __getattr__(name: str) -> Any:
-    if name == "PreprocessingOperator":
-        cls = _build_operator()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _build_operator() -> type:
     from monai.deploy.core import Fragment, Operator, OperatorSpec
 
@@ -222,3 +215,6 @@ def _build_operator() -> type:
             op_output.emit(result, "preprocessed")
 
     return PreprocessingOperator
+
+
+__getattr__ = lazy_operator(globals(), "PreprocessingOperator", _build_operator)

@@ -47,6 +47,7 @@ from pydicom import Dataset
 from operators.datatypes import CandidateScore, Role, SelectedSeries, SelectionExplanation
 from operators.dicom_loading import LoadedStudy, SeriesInfo
 from operators.errors import AmbiguousSeriesError, NoSuitableSeriesError, SeriesRulesError, SeriesSelectionError
+from operators.lazy_operator import lazy_operator
 
 logger = logging.getLogger(__name__)
 
@@ -788,14 +789,6 @@ def _log_decision(role: Role, explanation: SelectionExplanation, feature: Series
                     f"score {c.score:g}" if c.eligible else "not eligible", "; ".join(c.reasons))
 
 
-def __getattr__(name: str) -> Any:
-    if name == "SeriesSelectorOperator":
-        cls = _build_operator()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _build_operator() -> type:
     from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
@@ -837,3 +830,6 @@ def _build_operator() -> type:
             op_output.emit(selection, "selection")
 
     return SeriesSelectorOperator
+
+
+__getattr__ = lazy_operator(globals(), "SeriesSelectorOperator", _build_operator)

@@ -53,6 +53,7 @@ from pydicom.uid import generate_uid
 from operators import private_codes as pc
 from operators.datatypes import Preprocessed, Prediction, QualityFlag, Role, SelectedSeries
 from operators.errors import PipelineError
+from operators.lazy_operator import lazy_operator
 
 logger = logging.getLogger(__name__)
 
@@ -625,14 +626,6 @@ def save_sr(sr: Dataset, output_folder: Path) -> Path:
     return path
 
 
-def __getattr__(name: str) -> Any:
-    if name == "ResultSRWriterOperator":
-        cls = _build_operator()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _build_operator() -> type:
     from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
@@ -688,3 +681,6 @@ def _build_operator() -> type:
             op_output.emit(sr, "sr")
 
     return ResultSRWriterOperator
+
+
+__getattr__ = lazy_operator(globals(), "ResultSRWriterOperator", _build_operator)

@@ -26,6 +26,7 @@ from operators.flair3_series import build_flair3_series, save_series
 from operators.output_config import OutputConfig, load_output_config
 from operators.pdf_report import build_encapsulated_pdf, render_report_pdf, save_pdf_instance
 from operators.sr_writer import AppIdentity, build_not_analysable_sr, build_result_sr, save_sr
+from operators.lazy_operator import lazy_operator
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +142,6 @@ def write_not_analysable_outputs(
     return written
 
 
-def __getattr__(name: str) -> Any:
-    if name == "StudyOutputsOperator":
-        cls = _build_operator()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _build_operator() -> type:
     from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
@@ -203,3 +196,6 @@ def _build_operator() -> type:
             op_output.emit(written, "outputs")
 
     return StudyOutputsOperator
+
+
+__getattr__ = lazy_operator(globals(), "StudyOutputsOperator", _build_operator)

@@ -44,6 +44,7 @@ from pydicom import Dataset
 
 from operators.datatypes import Role, SelectedSeries, Volume
 from operators.errors import VolumeConversionError
+from operators.lazy_operator import lazy_operator
 
 logger = logging.getLogger(__name__)
 
@@ -609,14 +610,6 @@ def convert_selected(selected: SelectedSeries) -> Volume:
                             series_instance_uid=selected.series_instance_uid, role=selected.role)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "VolumeConverterOperator":
-        cls = _build_operator()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _build_operator() -> type:
     from monai.deploy.core import Fragment, Operator, OperatorSpec
 
@@ -646,3 +639,6 @@ def _build_operator() -> type:
             op_output.emit(convert_selected(op_input.receive("series")), "volume")
 
     return VolumeConverterOperator
+
+
+__getattr__ = lazy_operator(globals(), "VolumeConverterOperator", _build_operator)
