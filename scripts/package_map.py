@@ -68,11 +68,11 @@ def stage(out: Path, *, repo: Path = REPO, models: Path | None = None,
     Args:
         out: Staging folder (emptied first).
         repo: Repository root holding ``app/``, ``operators/``, ``synthetic/`` and ``app.yaml``.
-        models: Models folder to package (default ``<repo>/models``); None or an
-            empty folder packages no models.
+        models: Models folder to package (default ``<repo>/models``); a folder with
+            neither a manifest nor sub-folders packages no models.
         model_set_name: Folder name the model set gets under the MAP's models path
-            when ``models`` holds files at its top (``manifest.yaml``); a folder of
-            sub-folders only is packaged as it is (one model per sub-folder).
+            when ``models`` has ``manifest.yaml`` at its top; otherwise each
+            sub-folder is packaged as one model.
 
     Returns:
         The paths to pass as application, ``--config``, ``--add`` and ``--models``.
@@ -86,17 +86,20 @@ def stage(out: Path, *, repo: Path = REPO, models: Path | None = None,
 
     models = (repo / "models") if models is None else models
     staged_models: Path | None = None
-    if models.is_dir() and any(p.name not in {".gitkeep", "__pycache__"} for p in models.iterdir()):
+    if (models / "manifest.yaml").is_file():
+        # The folder itself is the model set (manifest.yaml at its top, hd_bet/ inside):
+        # package it whole as one named model, so the packager does not also register
+        # (and copy a second time) each of its sub-folders.
         staged_models = out / "models"
         staged_models.mkdir(parents=True)
-        if any(p.is_file() and p.name != ".gitkeep" for p in models.iterdir()):
-            # The folder itself is the model set (manifest.yaml at its top, hd_bet/ inside):
-            # package it whole as one named model, so the packager does not also register
-            # (and copy a second time) each of its sub-folders.
-            shutil.copytree(models, staged_models / model_set_name, copy_function=_link_or_copy,
-                            ignore=shutil.ignore_patterns("__pycache__", ".gitkeep"))
-        else:
-            for sub in sorted(p for p in models.iterdir() if p.is_dir()):
+        shutil.copytree(models, staged_models / model_set_name, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns("__pycache__", ".gitkeep"))
+    elif models.is_dir():
+        # One model per sub-folder (model sets, hd_bet/); loose files such as README.md stay out.
+        subs = sorted(p for p in models.iterdir() if p.is_dir() and p.name != "__pycache__")
+        if subs:
+            staged_models = out / "models"
+            for sub in subs:
                 shutil.copytree(sub, staged_models / sub.name, copy_function=_link_or_copy, ignore=_IGNORE)
     return StagedMap(application=repo / "app", config=repo / "app.yaml", lib=lib, models=staged_models)
 

@@ -292,8 +292,8 @@ def test_packaged_app_imports_its_packages_from_the_image(packaged: Packaged, tm
 def test_repository_models_folder_packages_as_one_model_set(tmp_path: Path) -> None:
     """The real models/ folder (when it has content) becomes one model, copied once."""
     models = REPO / "models"
-    if not models.is_dir() or not any(p.name != ".gitkeep" for p in models.iterdir()):
-        pytest.skip("models/ is empty in this checkout (no model set exported yet)")
+    if not models.is_dir() or not any(p.is_dir() or p.name == "manifest.yaml" for p in models.iterdir()):
+        pytest.skip("models/ holds no model set in this checkout (none exported yet)")
     from holoscan_cli.packager.models import Models
 
     staged = package_map.stage(tmp_path / "stage", models=models)
