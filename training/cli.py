@@ -119,10 +119,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluation import evaluate_model_set
+    from training.evaluation import evaluate_model_set, evaluate_studies
 
-    rep = evaluate_model_set(args.model_set, args.cases, args.out, device=args.device,
-                             progress=not args.no_progress)
+    if bool(args.cases) == bool(args.studies):
+        print("evaluate: give exactly one of --cases (prepared case files) or --studies (study folders)",
+              file=sys.stderr)
+        return 2
+    if args.studies:
+        rep = evaluate_studies(args.model_set, args.studies, args.out, labels_csv=args.labels,
+                               brain_extraction=args.brain_extraction, device=args.device,
+                               progress=not args.no_progress)
+        for sid, reason in rep["not_analysed"].items():
+            print(f"  not analysed {sid}: {reason}")
+    else:
+        rep = evaluate_model_set(args.model_set, args.cases, args.out, device=args.device,
+                                 progress=not args.no_progress)
     print(f"{rep['n_cases']} cases; model set {rep['model_set']} {rep['version']}"
           f"{' (SYNTHETIC demo)' if rep['synthetic'] else ''}")
     for kind in ("members", "ensembles"):
@@ -205,8 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     export_args(sp)
     sp.set_defaults(func=cmd_export)
 
-    sp = sub.add_parser("evaluate", help="score held-out cases with a model set")
-    common(sp, config=False, cases=True)
+    sp = sub.add_parser("evaluate", help="score held-out cases (or study folders, through the app) with a model set")
+    common(sp, config=False)
+    sp.add_argument("--cases", help="folder of prepared case files (.npz)")
+    sp.add_argument("--studies", help="folder of study folders, run through the app's own pipeline")
+    sp.add_argument("--labels", help="CSV case_id,label (with --studies; else each study's truth/truth.json)")
+    sp.add_argument("--brain-extraction", default="auto", choices=["auto", "hd-bet", "fallback"])
     sp.add_argument("--model-set", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--device", default="auto")
