@@ -100,7 +100,7 @@ def main_map(argv: Sequence[str]) -> int:
                      args.config)
 
 
-def show_study(input_dir: Path, config_path: Path | None) -> None:
+def show_study(input_dir: Path, models_dir: Path, config_path: Path | None) -> None:
     """Print what the pipeline sees in a study: the series chosen and the preprocessing numbers."""
     from app.config import load_app_config
     from app.pipeline import make_brain_extractor
@@ -124,7 +124,7 @@ def show_study(input_dir: Path, config_path: Path | None) -> None:
     clinical = clinical_data_for_study(study)
     age = clinical.age_at_imaging_months.value if clinical.age_at_imaging_months else None
     pre = preprocess(convert_selected(selection.t2), convert_selected(selection.flair),
-                     extractor=make_brain_extractor(config, Path(config.models or "models")), patient_age_months=age)
+                     extractor=make_brain_extractor(config, models_dir), patient_age_months=age)
     print(f"preprocessing: registration NMI {pre.registration_nmi:.3f}, brain {pre.brain_volume_ml:.0f} ml "
           f"({pre.brain_extraction_method}), {pre.timings_s.get('total', 0):.1f} s; quality flags: "
           + (", ".join(f"{f.code} ({f.severity})" for f in pre.flags) or "none"))
@@ -150,7 +150,7 @@ def main_demo(argv: Sequence[str]) -> int:
     study = generate_study(args.work / "studies", args.seed, StudyOptions(decoys=True, descriptions="random"))
     print(f"synthetic study {study.sid} in {study.input_dir} (ground truth in {study.truth_dir}; "
           f"true one-year outcome: {'uncontrolled' if study.label else 'controlled'})")
-    show_study(study.input_dir, args.config)
+    show_study(study.input_dir, args.model, args.config)
     try:
         find_model_set(args.model)
     except PipelineError as exc:
