@@ -11,7 +11,8 @@ Core:
   ``Prediction`` (fold mean per member, weighted average over members, weights
   renormalised over the members that could run, agreement measures).
 * ``EnsembleRunner``: loads every fold model of a model set once per process
-  (CPU or CUDA) and predicts a study.
+  (CPU or CUDA) and predicts a study. A member the manifest calibrates has
+  each fold model's probability calibrated before averaging and fusion.
 
 Thin operator: ``EnsembleInferenceOperator`` (input ``model_inputs``:
 ``MemberInputs``; output ``prediction``: ``Prediction``), built on first access
@@ -309,7 +310,8 @@ class _Member:
             p = torch.sigmoid(logit.float()).reshape(-1)
             if p.numel() != 1 or not torch.isfinite(p).all():
                 raise InferenceError(f"member {self.spec.name} fold {k}: network output is not one finite value")
-            out.append(float(p.item()))
+            prob = float(p.item())
+            out.append(self.spec.calibration.apply(prob) if self.spec.calibration else prob)
         return out
 
 

@@ -26,6 +26,7 @@ Manifest format ``tsc-model-set/1`` (YAML)::
         input: flair@wae              # <contrast>@<grid>, contrast in t2 | flair | flair3; or "clinical"
         folds:                        # one state_dict (torch.save) per cross-validation fold
           - {file: weights/flair_wae.fold0.pt, sha256: <64 hex>}
+        calibration: {method: platt, slope: 1.04, intercept: 0.38}   # optional
       clinical:
         architecture: clinical-fcnn
         input: clinical
@@ -34,6 +35,11 @@ Manifest format ``tsc-model-set/1`` (YAML)::
       WAE-Net:  {weights: {t2_wae: 0.25, flair_wae: 0.25, flair3_wae: 0.25, clinical: 0.25}, threshold: 0.5}
       eTSC-Net: {weights: {t2_etsc: 0.6, flair_etsc: 0.4}, threshold: 0.5}
     primary: WAE-Net
+
+A member's optional ``calibration`` maps each fold model's probability p to
+sigmoid(slope * logit(p) + intercept) before fold averaging and fusion (Platt
+scaling, fitted by ``python -m training fuse`` on out-of-fold predictions); the
+slope must be positive, so the member's ranking, and its AUC, are unchanged.
 
 Ensemble weights must be non-negative and sum to 1 (within 1e-6). The model
 set's identity (``ModelSet.identity``) is the SHA-256 of the canonical JSON
@@ -88,6 +94,34 @@ class FoldWeights:
 
 
 @dataclass(frozen=True)
+class PlattCalibration:
+    """Platt scaling of a member's probabilities: ``sigmoid(slope * logit(p) + intercept)``.
+
+    Attributes:
+        slope: Multiplies the logit; positive, so the order of scores is kept.
+        intercept: Added to the scaled logit.
+    """
+
+    slope: float
+    intercept: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.slope) and self.slope > 0 and math.isfinite(self.intercept)):
+            raise ValueError(f"slope must be positive and finite and intercept finite, got slope {self.slope}, "
+                             f"intercept {self.intercept}")
+
+    def apply(self, p: float) -> float:
+        """Calibrated probability of a raw probability ``p`` (clipped to [1e-7, 1 - 1e-7] first)."""
+        p = min(max(float(p), 1e-7), 1.0 - 1e-7)
+        z = self.slope * math.log(p / (1.0 - p)) + self.intercept
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest form."""
+        return {"method": "platt", "slope": self.slope, "intercept": self.intercept}
+
+
+@dataclass(frozen=True)
 class MemberSpec:
     """One ensemble member: a network trained per fold on one input.
 
@@ -99,6 +133,7 @@ class MemberSpec:
         contrast: ``"t2"``, ``"flair"``, ``"flair3"`` or None for the clinical member.
         grid: The input grid (None for the clinical member).
         folds: Fold weight files (their predictions are averaged).
+        calibration: Applied to each fold model's probability, or None.
     """
 
     name: str
@@ -108,6 +143,7 @@ class MemberSpec:
     contrast: str | None
     grid: GridSpec | None
     folds: tuple[FoldWeights, ...]
+    calibration: PlattCalibration | None = None
 
     @property
     def is_clinical(self) -> bool:
@@ -394,7 +430,22 @@ def _parse_member(f: _Fields, root: Path, name: str, mdata: Any, grids: Mapping[
             raise f.error(f"{fw}.file", f"{rel!r} points outside the model set folder")
         folds.append(FoldWeights(path=p, sha256=digest, relpath=rel))
     return MemberSpec(name=name, architecture=arch, hyperparameters=hp, input_key=key, contrast=contrast,
-                      grid=grid, folds=tuple(folds))
+                      grid=grid, folds=tuple(folds), calibration=_parse_calibration(f, mdata, where))
+
+
+def _parse_calibration(f: _Fields, mdata: Mapping[str, Any], where: str) -> PlattCalibration | None:
+    if mdata.get("calibration") is None:
+        return None
+    where = f"{where}.calibration"
+    cdata = f.mapping(mdata["calibration"], where)
+    method = f.get(cdata, "method", where, str)
+    if method != "platt":
+        raise f.error(f"{where}.method", f"unknown {method!r}; expected 'platt'")
+    try:
+        return PlattCalibration(slope=f.get(cdata, "slope", where, float),
+                                intercept=f.get(cdata, "intercept", where, float))
+    except ValueError as exc:
+        raise f.error(where, str(exc)) from exc
 
 
 def _parse_ensemble(f: _Fields, name: str, edata: Any, members: Mapping[str, MemberSpec]) -> EnsembleSpec:

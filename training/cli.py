@@ -104,7 +104,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     fusion = json.loads((workdir / "fusion.json").read_text())
     members = [MemberExport(m.name, m.architecture, m.hyperparameters, m.input_key,
-                            fold_weight_files(workdir, m.name, config.folds)) for m in config.members.values()]
+                            fold_weight_files(workdir, m.name, config.folds),
+                            fusion["members"].get(m.name, {}).get("calibration"))
+               for m in config.members.values()]
     size_mb = sum(f.stat().st_size for m in members for f in m.fold_files) / 2**20
     ensembles = ensembles_mapping({n: e["weights"] for n, e in fusion["ensembles"].items()},
                                   {n: e.threshold for n, e in config.ensembles.items()})

@@ -9,6 +9,7 @@ Format (``tsc-training/1``)::
     intended_use: >- ...
     folds: 5
     seed: 0
+    calibration: platt        # or none (default): Platt scaling per member on out-of-fold predictions
     grids: {wae: {shape: [...], spacing_mm: [...]}, ...}     # as in the model manifest
     recipes:
       wae:  {loss: focal, lr: 0.001, batch_size: 4, epochs: 100, augment: false}
@@ -18,7 +19,7 @@ Format (``tsc-training/1``)::
       ...
     ensembles:
       WAE-Net:  {members: [t2_wae, flair_wae, flair3_wae, clinical], weights: equal}
-      eTSC-Net: {members: [t2_etsc, flair_etsc], weights: search}      # or an explicit mapping
+      eTSC-Net: {members: [t2_etsc, flair_etsc], weights: {t2_etsc: 0.6, flair_etsc: 0.4}}  # or search
     primary: WAE-Net
 
 Presets (``training/configs/*.yaml``): ``published`` (full-size members at the
@@ -88,6 +89,7 @@ class TrainingConfig:
     members: dict[str, MemberConfig]
     ensembles: dict[str, EnsembleConfig]
     primary: str
+    calibration: str = "none"  # "platt": Platt scaling per member, fitted on out-of-fold predictions
     notes: str = ""
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
@@ -171,6 +173,9 @@ def parse_config(data: Any, source: str = "config") -> TrainingConfig:
     primary = data.get("primary")
     if primary not in ensembles:
         raise err("primary", f"{primary!r} is not an ensemble")
+    calibration = str(data.get("calibration", "none"))
+    if calibration not in ("none", "platt"):
+        raise err("calibration", f"must be 'none' or 'platt', got {calibration!r}")
     folds = int(data.get("folds", 5))
     if folds < 2:
         raise err("folds", "at least 2")
@@ -178,5 +183,5 @@ def parse_config(data: Any, source: str = "config") -> TrainingConfig:
                           synthetic=bool(data.get("synthetic", False)),
                           intended_use=str(data.get("intended_use", "")).strip(), folds=folds,
                           seed=int(data.get("seed", 0)), grids=grids, members=members, ensembles=ensembles,
-                          primary=primary, notes=str(data.get("notes", "")).strip(), source=source,
-                          raw=dict(data))
+                          primary=primary, calibration=calibration, notes=str(data.get("notes", "")).strip(),
+                          source=source, raw=dict(data))

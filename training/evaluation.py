@@ -1,8 +1,12 @@
 """Fusion on out-of-fold predictions, and evaluation of a model set on held-out cases.
 
-``fuse_oof``: per ensemble, weights (equal, explicit, or searched on the
-out-of-fold predictions in 0.1 steps) and out-of-fold metrics of every member
-and ensemble; written to ``workdir/fusion.json`` (+ calibration PNG).
+``fuse_oof``: per member, Platt scaling fitted on its out-of-fold predictions
+(when the config asks for ``calibration: platt``); per ensemble, weights
+(equal, explicit, or searched on the (calibrated) out-of-fold predictions in
+0.1 steps) and out-of-fold metrics of every member and ensemble; written to
+``workdir/fusion.json`` (+ calibration PNG). The out-of-fold metrics use the
+calibration fitted on the same predictions (two parameters per member), so
+only a held-out evaluation is free of that optimism.
 
 ``evaluate_model_set``: runs a model set exactly as the app does
 (``EnsembleRunner``) on prepared case files and reports metrics per member and
@@ -26,6 +30,7 @@ from tqdm import tqdm
 from operators.datatypes import Prediction
 from operators.inference import EnsembleRunner, MemberInputs, RunnerOptions, fuse
 from operators.model_manifest import load_model_set
+from training.calibration import fit_platt
 from training.cases import check_grids, list_cases, load_case
 from training.config import TrainingConfig
 from training.fusion import search_weights
@@ -44,8 +49,12 @@ def fuse_oof(config: TrainingConfig, workdir: str | Path, n_boot: int = 2000) ->
     for m, preds in oof.items():
         ids = sorted(preds)
         y = [preds[c][0] for c in ids]
+        calibration = fit_platt(y, [preds[c][1] for c in ids]) if config.calibration == "platt" else None
+        if calibration is not None:
+            oof[m] = preds = {c: (lab, calibration.apply(p)) for c, (lab, p) in preds.items()}
         s = [preds[c][1] for c in ids]
-        result["members"][m] = evaluate_scores(y, s, n_boot=n_boot).as_dict()
+        result["members"][m] = {**evaluate_scores(y, s, n_boot=n_boot).as_dict(),
+                                "calibration": calibration.as_dict() if calibration else None}
         curves[m] = (y, s)
     for name, ens in config.ensembles.items():
         common = sorted(set.intersection(*(set(oof[m]) for m in ens.members)))

@@ -23,6 +23,7 @@ class MemberExport:
         hyperparameters: Its hyperparameters.
         input_key: ``"<contrast>@<grid>"`` or ``"clinical"``.
         fold_files: Weight files (state dicts), one per fold; copied into the set.
+        calibration: The manifest's ``calibration`` entry (``PlattCalibration.as_dict()``), or None.
     """
 
     name: str
@@ -30,6 +31,7 @@ class MemberExport:
     hyperparameters: dict[str, Any]
     input_key: str
     fold_files: Sequence[Path]
+    calibration: dict[str, Any] | None = None
 
 
 @dataclass
@@ -69,6 +71,8 @@ def write_model_set(folder: str | Path, meta: ModelSetExport, members: Sequence[
             folds.append({"file": rel, "sha256": sha256_file(dst)})
         members_out[m.name] = {"architecture": m.architecture, "hyperparameters": dict(m.hyperparameters),
                                "input": m.input_key, "folds": folds}
+        if m.calibration:
+            members_out[m.name]["calibration"] = dict(m.calibration)
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT, "name": meta.name, "version": meta.version, "synthetic": meta.synthetic,
         "intended_use": meta.intended_use,

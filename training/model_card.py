@@ -78,6 +78,12 @@ def render_model_card(config: TrainingConfig, training: Mapping[str, Any], fusio
         out.append(f"- **{name}**{primary}: weights {e['weights']} ({e['weight_rule']}); weights searched on "
                    f"out-of-fold predictions (0.1 steps): {e['searched_weights']} (OOF AUC "
                    f"{_fmt(e['searched_oof_auc'])}); threshold {e['threshold']}.")
+    calibrated = {m: e["calibration"] for m, e in fusion.get("members", {}).items() if e.get("calibration")}
+    if calibrated:
+        out += ["", "Member probabilities are calibrated before fusion (Platt scaling, sigmoid(slope x logit(p) +",
+                "intercept), fitted on the out-of-fold predictions; the ranking, and so each member's AUC, is",
+                "unchanged): " + "; ".join(f"{m} slope {_fmt(c['slope'])}, intercept {_fmt(c['intercept'])}"
+                                            for m, c in calibrated.items()) + "."]
     out += ["", "## Out-of-fold metrics (training cases)", "",
             _metrics_table({**fusion.get("members", {}),
                             **{n: e["oof_metrics"] for n, e in fusion.get("ensembles", {}).items()}}), ""]

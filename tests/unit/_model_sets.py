@@ -43,10 +43,11 @@ def constant_output_net(architecture: str, probability: float | None, seed: int 
 
 def make_model_set(folder: Path, fold_probabilities: Mapping[str, Sequence[float | None]],
                    ensembles: Mapping[str, Mapping[str, float]] | None = None, primary: str = "WAE-Net",
-                   synthetic: bool = True):
+                   synthetic: bool = True, calibrations: Mapping[str, Mapping[str, object]] | None = None):
     """Write a model set whose member ``m`` fold ``k`` always outputs ``fold_probabilities[m][k]``.
 
-    ``None`` as a probability keeps the network's random last layer.
+    ``None`` as a probability keeps the network's random last layer. ``calibrations`` gives members a
+    manifest ``calibration`` entry.
     """
     specs = {**WAE_MEMBERS, **ETSC_MEMBERS}
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,8 @@ def make_model_set(folder: Path, fold_probabilities: Mapping[str, Sequence[float
             path = folder / f"src_{name}_{k}.pt"
             torch.save(constant_output_net(arch, p, seed=k).state_dict(), path)
             files.append(path)
-        members.append(MemberExport(name, arch, TINY_HP[arch], key, files))
+        members.append(MemberExport(name, arch, TINY_HP[arch], key, files,
+                                    dict(calibrations[name]) if calibrations and name in calibrations else None))
     if ensembles is None:
         wae = [m for m in WAE_MEMBERS if m in fold_probabilities]
         etsc = [m for m in ETSC_MEMBERS if m in fold_probabilities]
