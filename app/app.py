@@ -2,9 +2,11 @@
 
     dicom_loader --study--> series_selector --t2_series/flair_series--> t2_volume, flair_volume
     dicom_loader --study--> clinical_data
-    t2_volume, flair_volume, clinical_data --> preprocessing (registration, brain extraction,
-        normalisation, FLAIR3, quality checks) --> model_grids --> inference (fold ensembles,
-        late fusion) --> study_outputs (SR, FLAIR3 series, PDF) --> result
+    t2_volume, flair_volume --> registration --registered--> brain_extraction
+    brain_extraction, clinical_data --> flair3_and_grids (normalisation, FLAIR3, quality checks,
+        model grids) --model_inputs--> inference (fold ensembles, late fusion)
+    inference, flair3_and_grids --preprocessed--, series_selector --> study_outputs (SR, FLAIR3
+        series, PDF) --> result
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from app.pipeline import StudyResult, find_model_set, make_brain_extractor
 from app.result_sink import ResultSinkOperator
 from operators.clinical_data import ClinicalDataOperator
 from operators.dicom_loading import DicomStudyLoaderOperator
+from operators.brain_extraction import BrainExtractionOperator
 from operators.inference import EnsembleInferenceOperator, RunnerOptions
-from operators.model_inputs import ModelInputsOperator
-from operators.preprocessing import PreprocessingOperator
+from operators.model_inputs import Flair3AndGridsOperator
+from operators.registration import RegistrationOperator
 from operators.series_selection import SeriesSelectorOperator
 from operators.study_outputs import StudyOutputsOperator
 from operators.volume_conversion import VolumeConverterOperator
@@ -59,11 +62,13 @@ class TscOutcomeApp(Application):
         t2_volume = VolumeConverterOperator(self, name="t2_volume")
         flair_volume = VolumeConverterOperator(self, name="flair_volume")
         clinical = ClinicalDataOperator(self, lookup_table=self.config.clinical_lookup, name="clinical_data")
-        preprocessing = PreprocessingOperator(self, extractor=make_brain_extractor(self.config, model_set_dir),
-                                              name="preprocessing")
+        registration = RegistrationOperator(self, name="registration")
+        brain_extraction = BrainExtractionOperator(self, extractor=make_brain_extractor(self.config, model_set_dir),
+                                                   name="brain_extraction")
         inference = EnsembleInferenceOperator(self, model_set=model_set_dir,
                                               options=RunnerOptions(device=self.config.device), name="inference")
-        model_grids = ModelInputsOperator(self, model_set=inference.runner.model_set, name="model_grids")
+        flair3_and_grids = Flair3AndGridsOperator(self, model_set=inference.runner.model_set,
+                                                  name="flair3_and_grids")
         outputs = StudyOutputsOperator(self, output_folder=self.output_dir, config=self.config.outputs,
                                        name="study_outputs")
         result = ResultSinkOperator(self, on_result=self._keep_result, name="result")
@@ -72,14 +77,14 @@ class TscOutcomeApp(Application):
         self.add_flow(loader, clinical, {("study", "study")})
         self.add_flow(selector, t2_volume, {("t2_series", "series")})
         self.add_flow(selector, flair_volume, {("flair_series", "series")})
-        self.add_flow(t2_volume, preprocessing, {("volume", "t2_volume")})
-        self.add_flow(flair_volume, preprocessing, {("volume", "flair_volume")})
-        self.add_flow(clinical, preprocessing, {("clinical", "clinical")})
-        self.add_flow(preprocessing, model_grids, {("preprocessed", "preprocessed")})
-        self.add_flow(clinical, model_grids, {("clinical", "clinical")})
-        self.add_flow(model_grids, inference, {("model_inputs", "model_inputs")})
+        self.add_flow(t2_volume, registration, {("volume", "t2_volume")})
+        self.add_flow(flair_volume, registration, {("volume", "flair_volume")})
+        self.add_flow(registration, brain_extraction, {("registered", "registered")})
+        self.add_flow(brain_extraction, flair3_and_grids, {("brain", "brain")})
+        self.add_flow(clinical, flair3_and_grids, {("clinical", "clinical")})
+        self.add_flow(flair3_and_grids, inference, {("model_inputs", "model_inputs")})
         self.add_flow(inference, outputs, {("prediction", "prediction")})
         self.add_flow(selector, outputs, {("t2_series", "t2_series"), ("flair_series", "flair_series")})
-        self.add_flow(preprocessing, outputs, {("preprocessed", "preprocessed")})
+        self.add_flow(flair3_and_grids, outputs, {("preprocessed", "preprocessed")})
         self.add_flow(inference, result, {("prediction", "prediction")})
         self.add_flow(outputs, result, {("outputs", "outputs")})

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from app.config import AppConfig, app_config_from_dict, load_app_config
+from operators.brain_extraction import BrainExtractor, extract_brain
 from operators.clinical_data import SiteLookupTable, clinical_data_for_study
 from operators.datatypes import Prediction, Preprocessed, SelectedSeries
 from operators.dicom_loading import LoadedStudy, load_study, scan_folder
 from operators.errors import ModelConfigurationError, PipelineError
 from operators.inference import EnsembleRunner, RunnerOptions, member_inputs_from_preprocessed
-from operators.brain_extraction import BrainExtractor
-from operators.preprocessing import preprocess
+from operators.preprocessing import finish_preprocessing
+from operators.registration import register_volumes
 from operators.series_selection import load_rules, select_series
 from operators.study_outputs import WrittenOutputs, write_not_analysable_outputs, write_study_outputs
 from operators.volume_conversion import convert_selected
@@ -128,8 +129,9 @@ class StudyPipeline:
             flair = timed("convert_flair", convert_selected, selection.flair)
             clinical = timed("clinical", clinical_data_for_study, study, self.lookup)
             age = clinical.age_at_imaging_months.value if clinical.age_at_imaging_months else None
-            pre: Preprocessed = timed("preprocess", preprocess, t2, flair, extractor=self.extractor,
-                                      patient_age_months=age)
+            pair = timed("registration", register_volumes, t2, flair)
+            brain = timed("brain_extraction", extract_brain, pair, self.extractor)
+            pre: Preprocessed = timed("flair3", finish_preprocessing, brain, patient_age_months=age)
             inputs = timed("model_grids", member_inputs_from_preprocessed, pre, clinical, self.runner.model_set)
             prediction = timed("inference", self.runner.predict, inputs)
             outputs = timed("outputs", write_study_outputs, Path(output_dir), prediction, selected, pre,

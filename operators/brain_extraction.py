@@ -14,6 +14,10 @@
 * ``BrainExtractor`` chooses: ``"auto"`` = HD-BET when its weights are present,
   else the fallback; ``"hd-bet"`` = HD-BET or a clear error; ``"fallback"``.
 
+Stage core: ``extract_brain`` (a ``RegisteredPair`` in, a ``BrainExtracted``
+out). Thin operator: ``BrainExtractionOperator`` (input ``registered``; output
+``brain``), built on first access.
+
 Weights folder (HD-BET's public release, nnU-Net v2 format)::
 
     <models>/hd_bet/release_2.0.0/dataset.json
@@ -42,7 +46,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from operators.datatypes import BrainExtracted, RegisteredPair
 from operators.errors import PreprocessingError
+from operators.lazy_operator import lazy_operator
 
 logger = logging.getLogger(__name__)
 
@@ -542,3 +548,66 @@ class BrainExtractor:
         if self.note:
             details["note"] = "HD-BET weights not installed"
         return BrainMaskResult(mask, METHOD_FALLBACK, details)
+
+
+def extract_brain(pair: RegisteredPair, extractor: BrainExtractor) -> BrainExtracted:
+    """Brain mask on the FLAIR grid of a registered pair (the brain-extraction stage).
+
+    Args:
+        pair: The registration stage's output.
+        extractor: HD-BET or the fallback, built once per process.
+
+    Returns:
+        ``BrainExtracted``.
+
+    Raises:
+        PreprocessingError: Extraction failed or gave an empty mask; the message names the FLAIR series.
+    """
+    t0 = time.perf_counter()
+    where = f"FLAIR series {pair.flair.series_instance_uid}"
+    try:
+        bet = extractor.extract(pair.flair_image, pair.t2_in_flair)
+    except PreprocessingError as exc:
+        raise PreprocessingError(f"{exc.reason} ({where})", stage="brain_extraction") from exc
+    if not sitk.GetArrayViewFromImage(bet.mask).any():
+        raise PreprocessingError(f"brain mask is empty ({where})", stage="brain_extraction")
+    return BrainExtracted(registered=pair, mask=bet.mask, method=bet.method, details=dict(bet.details),
+                          seconds=time.perf_counter() - t0)
+
+
+def _build_operator() -> type:
+    from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+    class BrainExtractionOperator(Operator):
+        """Extracts the brain (HD-BET, or the weight-free fallback) on the FLAIR grid.
+
+        Named input:
+            registered: :class:`~operators.datatypes.RegisteredPair`.
+
+        Named output:
+            brain: :class:`~operators.datatypes.BrainExtracted`.
+        """
+
+        def __init__(self, fragment: Fragment, *args: Any, extractor: BrainExtractor | None = None,
+                     **kwargs: Any) -> None:
+            """Create the operator.
+
+            Args:
+                fragment: The application (a Fragment) the operator belongs to.
+                extractor: Built once and reused for every study (default ``BrainExtractor("auto")``:
+                    ``$TSC_HDBET_WEIGHTS`` or the fallback).
+            """
+            self.extractor = extractor or BrainExtractor("auto")
+            super().__init__(fragment, *args, **kwargs)
+
+        def setup(self, spec: OperatorSpec) -> None:
+            spec.input("registered")
+            spec.output("brain")
+
+        def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+            op_output.emit(extract_brain(op_input.receive("registered"), self.extractor), "brain")
+
+    return BrainExtractionOperator
+
+
+__getattr__ = lazy_operator(globals(), "BrainExtractionOperator", _build_operator)

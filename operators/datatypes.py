@@ -101,6 +101,58 @@ class QualityFlag:
 
 
 @dataclass
+class RegisteredPair:
+    """Output of registration: the FLAIR and the T2 moved onto its grid.
+
+    Attributes:
+        t2 / flair: The input volumes (their series UIDs name them in errors).
+        flair_image: FLAIR as float32; its grid is the grid of every later image.
+        t2_image: T2 as float32 on its own grid (its field of view is checked later).
+        t2_in_flair: T2 resampled onto the FLAIR grid (0 outside the T2).
+        transform: Rigid transform (fixed = FLAIR, moving = T2; ITK convention).
+        metric_value: Final Mattes mutual-information value.
+        nmi: Normalised mutual information FLAIR vs registered T2 over the head.
+        details: Initialisation, iterations and parameters, for the report.
+        seconds: Wall time of the stage.
+    """
+
+    t2: Volume
+    flair: Volume
+    flair_image: sitk.Image
+    t2_image: sitk.Image
+    t2_in_flair: sitk.Image
+    transform: sitk.Transform
+    metric_value: float
+    nmi: float
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def series_ids(self) -> str:
+        """Both series named for messages."""
+        return f"T2 series {self.t2.series_instance_uid}, FLAIR series {self.flair.series_instance_uid}"
+
+
+@dataclass
+class BrainExtracted:
+    """Output of brain extraction: the registered pair and its brain mask on the FLAIR grid.
+
+    Attributes:
+        registered: The registration stage's output.
+        mask: uint8 brain mask (1 = brain) on the FLAIR grid.
+        method: ``"hd-bet"`` or ``"fallback-morphology"``.
+        details: Method parameters and numbers for the report.
+        seconds: Wall time of the stage.
+    """
+
+    registered: RegisteredPair
+    mask: sitk.Image
+    method: str
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
 class Preprocessed:
     """Output of preprocessing, all on the FLAIR grid.
 
