@@ -53,7 +53,6 @@ from pydicom.uid import generate_uid
 from operators import private_codes as pc
 from operators.datatypes import Preprocessed, Prediction, QualityFlag, Role, SelectedSeries
 from operators.errors import PipelineError
-from operators.lazy_operator import lazy_operator
 
 logger = logging.getLogger(__name__)
 
@@ -437,19 +436,33 @@ def _evidence(datasets: Sequence[Dataset]) -> list[Dataset]:
     return [_patient_study_source(datasets[0]), *datasets[1:]]
 
 
-def _comprehensive_3d_sr(**kwargs: Any) -> hd.sr.Comprehensive3DSR:
+def _build_sr(evidence: list[Dataset], content: Any, app: AppIdentity, prediction: Prediction | None, *,
+              series_number: int, series_instance_uid: str | None, sop_instance_uid: str | None,
+              equipment_description: str, series_description: str) -> hd.sr.Comprehensive3DSR:
+    """The preliminary, unverified Comprehensive 3D SR both documents are, with the app's identification."""
     # highdicom warns about unusual person names and quotes them; the names come
     # unchanged from the source study, and patient names must never reach logs.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
-        return hd.sr.Comprehensive3DSR(**kwargs)
-
-
-def _finish(sr: hd.sr.Comprehensive3DSR, app: AppIdentity, series_description: str) -> None:
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=content,
+            series_instance_uid=series_instance_uid or generate_uid(),
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid or generate_uid(),
+            instance_number=1,
+            manufacturer=app.manufacturer,
+            institution_name=app.institution_name,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            contributing_equipment=[_contributing_equipment(app, prediction, equipment_description)],
+        )
     pc.declare_private_scheme(sr)
     sr.SeriesDescription = series_description
     sr.ManufacturerModelName = app.model_name
     sr.SoftwareVersions = app.resolved_version()
+    return sr
 
 
 def build_result_sr(
@@ -515,22 +528,10 @@ def build_result_sr(
     evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
     root.ContentSequence.append(_qualitative_container(evaluations))
 
-    sr = _comprehensive_3d_sr(
-        evidence=evidence,
-        content=root,
-        series_instance_uid=series_instance_uid or generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=1,
-        manufacturer=app.manufacturer,
-        institution_name=app.institution_name,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        contributing_equipment=[_contributing_equipment(
-            app, prediction, f"AI prognosis {prediction.ensemble} (research use only)")],
-    )
-    _finish(sr, app, f"AI {prediction.ensemble} epilepsy outcome (research)")
+    sr = _build_sr(evidence, root, app, prediction, series_number=series_number,
+                   series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
+                   equipment_description=f"AI prognosis {prediction.ensemble} (research use only)",
+                   series_description=f"AI {prediction.ensemble} epilepsy outcome (research)")
     logger.info("Result SR %s built for study %s: %s p=%.3f", sr.SOPInstanceUID, study_uid,
                 "uncontrolled" if prediction.predicted_uncontrolled else "controlled",
                 prediction.fused_score)
@@ -597,22 +598,10 @@ def build_not_analysable_sr(
     evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
     root.ContentSequence.append(_qualitative_container(evaluations))
 
-    sr = _comprehensive_3d_sr(
-        evidence=evidence,
-        content=root,
-        series_instance_uid=series_instance_uid or generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=1,
-        manufacturer=app.manufacturer,
-        institution_name=app.institution_name,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        contributing_equipment=[_contributing_equipment(
-            app, prediction, "AI prognosis not performed: study not analysable (research use only)")],
-    )
-    _finish(sr, app, "AI epilepsy outcome: not analysable")
+    sr = _build_sr(evidence, root, app, prediction, series_number=series_number,
+                   series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
+                   equipment_description="AI prognosis not performed: study not analysable (research use only)",
+                   series_description="AI epilepsy outcome: not analysable")
     logger.info("Not-analysable SR %s built for study %s (stage %s)", sr.SOPInstanceUID,
                 sr.StudyInstanceUID, error.stage)
     return sr
@@ -625,62 +614,3 @@ def save_sr(sr: Dataset, output_folder: Path) -> Path:
     sr.save_as(path, enforce_file_format=True)
     return path
 
-
-def _build_operator() -> type:
-    from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
-
-    class ResultSRWriterOperator(Operator):
-        """Writes the TID 1500 result SR of an analysed study.
-
-        (To write the SR, FLAIR3 series and PDF as configured, use
-        :class:`operators.study_outputs.StudyOutputsOperator` instead.)
-
-        Named inputs:
-            prediction: :class:`~operators.datatypes.Prediction`.
-            t2_series: :class:`~operators.datatypes.SelectedSeries` (T2, optional).
-            flair_series: :class:`~operators.datatypes.SelectedSeries` (FLAIR).
-            preprocessed: :class:`~operators.datatypes.Preprocessed` (optional).
-
-        Named output:
-            sr: the SR document (``pydicom.Dataset``).
-
-        File output:
-            ``<SOPInstanceUID>.dcm`` in ``output_folder``.
-        """
-
-        def __init__(self, fragment: Fragment, *args: Any, output_folder: Path | str,
-                     app: AppIdentity | None = None,
-                     series_number: int = DEFAULT_SR_SERIES_NUMBER, **kwargs: Any) -> None:
-            """Create the operator.
-
-            Args:
-                fragment: The application (a Fragment) the operator belongs to.
-                output_folder: Folder for the SR file.
-                app: How the app identifies itself.
-                series_number: Series Number of the SR series.
-            """
-            self.output_folder = Path(output_folder)
-            self.app = app
-            self.series_number = series_number
-            super().__init__(fragment, *args, **kwargs)
-
-        def setup(self, spec: OperatorSpec) -> None:
-            spec.input("prediction")
-            spec.input("t2_series").condition(ConditionType.NONE)
-            spec.input("flair_series")
-            spec.input("preprocessed").condition(ConditionType.NONE)
-            spec.output("sr").condition(ConditionType.NONE)
-
-        def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-            selected = [s for s in (op_input.receive("t2_series"), op_input.receive("flair_series"))
-                        if s is not None]
-            sr = build_result_sr(op_input.receive("prediction"), selected,
-                                 op_input.receive("preprocessed"), app=self.app,
-                                 series_number=self.series_number)
-            save_sr(sr, self.output_folder)
-            op_output.emit(sr, "sr")
-
-    return ResultSRWriterOperator
-
-
-__getattr__ = lazy_operator(globals(), "ResultSRWriterOperator", _build_operator)

@@ -16,7 +16,6 @@ def test_output_operators_run_in_a_monai_deploy_graph(tmp_path: Path) -> None:
     from holoscan.conditions import CountCondition
     from monai.deploy.core import Application, Operator, OperatorSpec
 
-    import operators.sr_writer as sr_writer
     import operators.study_outputs as study_outputs
 
     t2, flair = make_selected(StudyHeader(), slices=2)
@@ -37,11 +36,9 @@ def test_output_operators_run_in_a_monai_deploy_graph(tmp_path: Path) -> None:
     class Sink(Operator):
         def setup(self, spec: OperatorSpec) -> None:
             spec.input("outputs")
-            spec.input("sr")
 
         def compute(self, op_input, op_output, context) -> None:  # noqa: ANN001
             received["outputs"] = op_input.receive("outputs")
-            received["sr"] = op_input.receive("sr")
 
     class OutputsApp(Application):
         def compose(self) -> None:
@@ -49,19 +46,15 @@ def test_output_operators_run_in_a_monai_deploy_graph(tmp_path: Path) -> None:
             outputs = study_outputs.StudyOutputsOperator(
                 self, output_folder=tmp_path / "all", name="outputs",
                 config=OutputConfig(flair3_series=True, pdf=True))
-            sr_only = sr_writer.ResultSRWriterOperator(self, output_folder=tmp_path / "sr",
-                                                       name="sr_only")
             sink = Sink(self, name="sink")
             mapping = {(name, name) for name in ports}
             self.add_flow(source, outputs, mapping)
-            self.add_flow(source, sr_only, mapping)
             self.add_flow(outputs, sink, {("outputs", "outputs")})
-            self.add_flow(sr_only, sink, {("sr", "sr")})
 
     OutputsApp().run()
     written = received["outputs"]
     assert written.failures == {}  # type: ignore[union-attr]
     assert len(written.flair3_series) == 2 and written.pdf.exists()  # type: ignore[union-attr]
-    sr_files = list((tmp_path / "sr").glob("*.dcm"))
-    assert [p.stem for p in sr_files] == [received["sr"].SOPInstanceUID]  # type: ignore[union-attr]
-    assert pydicom.dcmread(sr_files[0]).StudyInstanceUID == t2.datasets[0].StudyInstanceUID
+    sr = pydicom.dcmread(written.sr)  # type: ignore[union-attr]
+    assert sr.StudyInstanceUID == t2.datasets[0].StudyInstanceUID
+    assert sr.Modality == "SR" and sr.VerificationFlag == "UNVERIFIED"
