@@ -239,6 +239,8 @@ class MemberResult:
         nominal_weight: Weight in the manifest, before renormalisation.
         input_key: The member's input (e.g. ``"flair@wae"`` or ``"clinical"``).
         architecture: The member's network (e.g. ``"resnet3d-34"``).
+        calibration: How its fold probabilities were calibrated (e.g. ``"platt slope 7.36 intercept
+            -0.89"``), or ``""`` when they are the networks' raw outputs.
     """
 
     name: str
@@ -250,6 +252,7 @@ class MemberResult:
     nominal_weight: float = 0.0
     input_key: str = ""
     architecture: str = ""
+    calibration: str = ""
 
 
 @dataclass

@@ -152,7 +152,8 @@ def fuse(ensemble: EnsembleSpec, fold_scores: Mapping[str, Sequence[float]], lef
     for m, nominal in ensemble.weights.items():
         spec = members.get(m) if members else None
         extra = {"nominal_weight": nominal, "input_key": spec.input_key if spec else "",
-                 "architecture": spec.architecture if spec else ""}
+                 "architecture": spec.architecture if spec else "",
+                 "calibration": spec.calibration.describe() if spec and spec.calibration else ""}
         if m in used:
             results.append(MemberResult(name=m, used=True, fold_scores=tuple(float(s) for s in fold_scores[m]),
                                         score=used[m], weight=weights[m], **extra))

@@ -116,6 +116,10 @@ class PlattCalibration:
         z = self.slope * math.log(p / (1.0 - p)) + self.intercept
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
+    def describe(self) -> str:
+        """One line for reports."""
+        return f"platt slope {self.slope:.4g} intercept {self.intercept:.4g}"
+
     def as_dict(self) -> dict[str, Any]:
         """The manifest form."""
         return {"method": "platt", "slope": self.slope, "intercept": self.intercept}

@@ -370,6 +370,8 @@ def _member_groups(prediction: Prediction, study_uid: str, version: str
             parameters.append(f"architecture={member.architecture}")
         if member.input_key:
             parameters.append(f"input={member.input_key}")
+        if member.calibration:
+            parameters.append(f"calibration={member.calibration}")
         algorithm = hd.sr.AlgorithmIdentification(
             name=member.name, version=prediction.model_set_version or version, parameters=parameters)
         derivation = codes.SCT.Mean if len(member.fold_scores) > 1 else None

@@ -134,7 +134,7 @@ def make_prediction(*, synthetic: bool = True, fused: float = 0.7134, left_out: 
     """A WAE-Net-like prediction; the clinical member is left out when ``left_out``."""
     members = [
         MemberResult("T2-ResNet3D", True, (0.61, 0.65, 0.58), 0.6133, None, 1 / 3, 0.25,
-                     "t2@wae", "resnet3d-34"),
+                     "t2@wae", "resnet3d-34", "platt slope 1.2 intercept 0.1"),
         MemberResult("FLAIR-ResNet3D", True, (0.80, 0.77, 0.83), 0.80, None, 1 / 3),
         MemberResult("FLAIR3-ResNet3D", True, (0.71, 0.74, 0.70), 0.7167, None, 1 / 3),
     ]

@@ -72,6 +72,7 @@ def test_runner_calibrates_each_fold_before_averaging_and_fusion(calibrated_set)
     expected = [float(_sigmoid(5.0 * logit(p) - 0.2)) for p in probs["clinical"]]
     assert by["clinical"].fold_scores == pytest.approx(expected, abs=1e-6)
     assert by["t2_wae"].fold_scores == pytest.approx(probs["t2_wae"], abs=1e-6)
+    assert by["clinical"].calibration == "platt slope 5 intercept -0.2" and by["t2_wae"].calibration == ""
     assert pred.fused_score == pytest.approx(0.5 * np.mean(expected) + 0.5 * 0.3, abs=1e-6)
 
 

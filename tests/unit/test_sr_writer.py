@@ -37,6 +37,15 @@ def _round_trip(sr: pydicom.Dataset) -> pydicom.Dataset:
     return pydicom.dcmread(buffer)
 
 
+def _texts(ds: pydicom.Dataset) -> list[str]:
+    out = []
+    for item in ds.get("ContentSequence", []):
+        if "TextValue" in item:
+            out.append(str(item.TextValue))
+        out.extend(_texts(item))
+    return out
+
+
 @pytest.fixture(scope="module")
 def analysed():
     study = StudyHeader(patient_name=NON_ASCII_NAME)
@@ -65,6 +74,7 @@ def test_result_sr_reads_back_the_pipeline_values(analysed):
     assert reported.brain_extraction_method == preprocessed.brain_extraction_method
     assert len(reported.quality_notes) == len(preprocessed.flags) + 1  # + weights renormalised
     assert all(f.code in " ".join(reported.quality_notes) for f in preprocessed.flags)
+    assert "calibration=platt slope 1.2 intercept 0.1" in _texts(ds)  # the member's algorithm parameters
 
 
 def test_result_sr_references_exactly_the_analysed_instances(analysed):
