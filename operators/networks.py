@@ -27,7 +27,9 @@ Hyperparameters (all optional; the defaults are the published full-size members)
   ``no_max_pool`` (False), ``shortcut_type`` ("B").
 * efficientnet3d-b0: ``width_coefficient`` (1.0), ``depth_coefficient`` (1.0),
   ``dropout_rate`` (0.2), ``drop_connect_rate`` (0.2).
-* clinical-fcnn: ``in_features`` (4), ``hidden`` ([1024, 512, 128, 64, 32, 16]).
+* clinical-fcnn: ``in_features`` (4), ``hidden`` ([1024, 512, 128, 64, 32, 16]),
+  ``log_ages`` (False: the published network takes the ages in months as they are;
+  True: log(1 + months) of both ages before standardisation, for right-skewed ages).
 
 torch and MONAI are imported when a network is built, so importing this module
 is cheap.
@@ -51,7 +53,7 @@ IMAGE_ARCHITECTURES = (RESNET3D_34, EFFICIENTNET3D_B0)
 
 _RESNET_KEYS = {"width_factor", "conv1_t_size", "conv1_t_stride", "no_max_pool", "shortcut_type"}
 _EFFNET_KEYS = {"width_coefficient", "depth_coefficient", "dropout_rate", "drop_connect_rate"}
-_FCNN_KEYS = {"in_features", "hidden"}
+_FCNN_KEYS = {"in_features", "hidden", "log_ages"}
 ALLOWED_HYPERPARAMETERS: dict[str, set[str]] = {
     RESNET3D_34: _RESNET_KEYS, EFFICIENTNET3D_B0: _EFFNET_KEYS, CLINICAL_FCNN: _FCNN_KEYS,
 }
@@ -138,15 +140,23 @@ def _fcnn_class() -> type:
 
         The input is standardised with ``input_mean`` / ``input_std`` buffers
         (set by training from the training folds, saved with the weights), so
-        months and yes/no flags enter on comparable scales.
+        months and yes/no flags enter on comparable scales. With ``log_ages`` the
+        two ages are taken as log(1 + months) first (``transform_inputs``; the
+        buffers then hold the statistics of the transformed values).
 
         Input: ``(batch, in_features)`` float tensor, in the order of
         ``ClinicalData.as_vector()`` (onset months, imaging age months, infantile
         spasms, ASMs >= 3). Output: ``(batch, 1)`` logits.
         """
 
-        def __init__(self, in_features: int = CLINICAL_FEATURES, hidden: Sequence[int] = FCNN_HIDDEN) -> None:
+        def __init__(self, in_features: int = CLINICAL_FEATURES, hidden: Sequence[int] = FCNN_HIDDEN,
+                     log_ages: bool = False) -> None:
             super().__init__()
+            if not isinstance(log_ages, bool):
+                raise ValueError(f"log_ages must be true or false, got {log_ages!r}")
+            if log_ages and int(in_features) < 2:
+                raise ValueError("log_ages needs the two age inputs")
+            self.log_ages = log_ages
             widths = [int(in_features), *[int(h) for h in hidden]]
             if any(w < 1 for w in widths):
                 raise ValueError(f"layer widths must be positive, got {widths}")
@@ -158,8 +168,14 @@ def _fcnn_class() -> type:
             self.register_buffer("input_mean", torch.zeros(int(in_features)))
             self.register_buffer("input_std", torch.ones(int(in_features)))
 
+        def transform_inputs(self, x: "torch.Tensor") -> "torch.Tensor":
+            """The inputs as the standardisation sees them (ages on a log scale with ``log_ages``)."""
+            if not self.log_ages:
+                return x
+            return torch.cat([torch.log1p(x[:, :2].clamp_min(0.0)), x[:, 2:]], dim=1)
+
         def forward(self, x: "torch.Tensor") -> "torch.Tensor":
-            return self.layers((x - self.input_mean) / self.input_std)
+            return self.layers((self.transform_inputs(x) - self.input_mean) / self.input_std)
 
     return _ClinicalFCNN
 
@@ -167,7 +183,8 @@ def _fcnn_class() -> type:
 _FCNN_CLS: type | None = None
 
 
-def ClinicalFCNN(in_features: int = CLINICAL_FEATURES, hidden: Sequence[int] = FCNN_HIDDEN) -> "torch.nn.Module":
+def ClinicalFCNN(in_features: int = CLINICAL_FEATURES, hidden: Sequence[int] = FCNN_HIDDEN,
+                 log_ages: bool = False) -> "torch.nn.Module":
     """Build the clinical FCNN (4 -> 1024 -> 512 -> 128 -> 64 -> 32 -> 16 -> 1).
 
     A factory rather than a class at module level so that importing this module
@@ -176,7 +193,7 @@ def ClinicalFCNN(in_features: int = CLINICAL_FEATURES, hidden: Sequence[int] = F
     global _FCNN_CLS
     if _FCNN_CLS is None:
         _FCNN_CLS = _fcnn_class()
-    return _FCNN_CLS(in_features=in_features, hidden=hidden)
+    return _FCNN_CLS(in_features=in_features, hidden=hidden, log_ages=log_ages)
 
 
 def count_parameters(model: "torch.nn.Module", trainable_only: bool = True) -> int:

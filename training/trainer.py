@@ -149,7 +149,7 @@ def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, va
     torch.manual_seed(_seed(seed, member.name, fold, "init"))
     net = build_network(member.architecture, member.hyperparameters).to(device)
     if data.clinical:
-        xs = data.x[train_idx]
+        xs = net.transform_inputs(data.x[train_idx])
         std = xs.std(dim=0)
         net.input_mean.copy_(xs.mean(dim=0))
         net.input_std.copy_(torch.where(std > 1e-3, std, torch.ones_like(std)))

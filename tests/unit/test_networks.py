@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -60,6 +62,21 @@ def test_fcnn_standardises_its_input_with_saved_buffers():
         net.input_mean.copy_(torch.tensor([24.0, 48.0, 1.0, 0.0]))
         after = net(x)
     assert not torch.allclose(before, after)
+
+
+def test_fcnn_log_ages_feeds_log_months_to_the_standardisation():
+    torch.manual_seed(0)
+    plain = ClinicalFCNN(hidden=[8, 4]).eval()
+    torch.manual_seed(0)
+    logged = build_network("clinical-fcnn", {"hidden": [8, 4], "log_ages": True}).eval()
+    x = torch.tensor([[24.0, 48.0, 1.0, 0.0], [3.0, 120.0, 0.0, 1.0]])
+    expected = torch.tensor([[math.log(25.0), math.log(49.0), 1.0, 0.0], [math.log(4.0), math.log(121.0), 0.0, 1.0]])
+    assert torch.allclose(logged.transform_inputs(x), expected)
+    assert torch.equal(plain.transform_inputs(x), x)
+    with torch.inference_mode():
+        assert torch.allclose(logged(x), plain(expected))  # same weights: log first, then the same layers
+    with pytest.raises(ValueError, match="log_ages"):
+        build_network("clinical-fcnn", {"log_ages": "yes"})
 
 
 def test_unknown_architecture_or_hyperparameter_is_rejected():
