@@ -2,6 +2,8 @@
 
 The graph must give exactly what the chained stage cores (``preprocess`` and
 ``member_inputs_from_preprocessed``, used by training and the DICOM node) give.
+ITK's multi-threaded metric sums in a varying order (last-bit differences in the
+transform), so both runs use one ITK thread here to make "exactly" testable.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from operators.volume_conversion import convert_selected
 from tests.unit._model_sets import make_model_set
 
 
-def test_three_preprocessing_operators_equal_the_chained_cores(tmp_path: Path) -> None:
+@pytest.fixture
+def one_itk_thread():
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    yield
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
+def test_three_preprocessing_operators_equal_the_chained_cores(tmp_path: Path, one_itk_thread) -> None:
     pytest.importorskip("holoscan", reason="MONAI Deploy App SDK runtime (holoscan) not installed")
     synthetic = pytest.importorskip("synthetic")
     from holoscan.conditions import CountCondition
@@ -85,7 +95,7 @@ def test_three_preprocessing_operators_equal_the_chained_cores(tmp_path: Path) -
     for name in ("brain_mask", "flair_norm", "t2_norm", "flair3", "t2_in_flair"):
         assert np.array_equal(sitk.GetArrayViewFromImage(getattr(got, name)),
                               sitk.GetArrayViewFromImage(getattr(expected, name))), name
-    assert got.t2_to_flair.GetParameters() == pytest.approx(expected.t2_to_flair.GetParameters(), abs=1e-9)
+    assert got.t2_to_flair.GetParameters() == expected.t2_to_flair.GetParameters()
     assert [f.code for f in got.flags] == [f.code for f in expected.flags]
     assert got.brain_extraction_method == "fallback-morphology" and got.brain_volume_ml > 0
     assert set(got.timings_s) == {"registration", "brain_extraction", "normalisation", "total"}
