@@ -138,8 +138,8 @@ def evaluate_studies(model_set_dir: str | Path, studies_dir: str | Path, out_dir
             continue
         p = result.prediction
         row: dict[str, Any] = {"case_id": folder.name, "label": study_label(folder, labels)}
-        row.update({m.name: m.score for m in p.members if m.used})
         for ens in (p, *p.other_ensembles.values()):
+            row.update({m.name: m.score for m in ens.members if m.used})
             row[ens.ensemble] = ens.fused_score
             row[f"{ens.ensemble}:renormalised"] = ens.weights_renormalised
         rows.append(row)

@@ -25,7 +25,7 @@ def test_studies_scored_through_the_app_with_unanalysable_ones_listed(tmp_path: 
     generate_study(studies, 7004, StudyOptions(include_flair=False, **SIZE))
     # member t2_wae separates nothing (constant), flair_wae differs by fold: scores are known exactly
     make_model_set(tmp_path / "models", {"t2_wae": [0.6, 0.6], "flair_wae": [0.2, 0.4], "flair3_wae": [0.5, 0.5],
-                                         "clinical": [0.7, 0.7]})
+                                         "clinical": [0.7, 0.7], "t2_etsc": [0.4, 0.4], "flair_etsc": [0.9, 0.7]})
     report = evaluate_studies(tmp_path / "models" / "set", studies, tmp_path / "eval",
                               brain_extraction="fallback", n_boot=50, progress=False)
     assert report["through"] == "app.pipeline.StudyPipeline"
@@ -40,5 +40,8 @@ def test_studies_scored_through_the_app_with_unanalysable_ones_listed(tmp_path: 
     for r in rows:
         assert float(r["flair_wae"]) == pytest.approx(0.3, abs=1e-6)
         assert float(r["WAE-Net"]) == pytest.approx((0.6 + 0.3 + 0.5 + 0.7) / 4, abs=1e-6)
+        assert float(r["flair_etsc"]) == pytest.approx(0.8, abs=1e-6)  # members of every ensemble, not only the primary
+        assert float(r["eTSC-Net"]) == pytest.approx(0.6 * 0.4 + 0.4 * 0.8, abs=1e-6)
+    assert set(report["members"]) == {"t2_wae", "flair_wae", "flair3_wae", "clinical", "t2_etsc", "flair_etsc"}
     assert (tmp_path / "eval" / "calibration.png").stat().st_size > 0
     assert len(list((tmp_path / "eval" / "outputs").rglob("*.dcm"))) == 4  # 3 result SRs + 1 not-analysable SR
