@@ -8,6 +8,7 @@ brain extractor stay loaded between studies) and what tests call end to end.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +49,20 @@ class StudyResult:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-def find_model_set(models_dir: Path) -> Path:
+# Where each entry point takes the models path from: named in its models-path errors.
+APP_MODELS_SETTING = "-m or HOLOSCAN_MODEL_PATH"
+NODE_MODELS_SETTING = "worker.options.models in the node's YAML, else HOLOSCAN_MODEL_PATH"
+
+
+def find_model_set(models_dir: Path, setting: str = APP_MODELS_SETTING) -> Path:
     """The model-set folder: ``models_dir`` itself, or its only sub-folder with a manifest.
 
     A MONAI Application Package always puts a model one folder below the models
     path (``/opt/holoscan/models/<name>/manifest.yaml``), a checkout has it at the top.
+
+    Args:
+        models_dir: The models path.
+        setting: Where the caller took the path from, named in the error (its fix).
 
     Raises:
         ModelConfigurationError: No model set, or several and none chosen.
@@ -65,15 +75,20 @@ def find_model_set(models_dir: Path) -> Path:
     if nested:
         raise ModelConfigurationError(
             f"{len(nested)} model sets under {models_dir} ({', '.join(p.name for p in nested)}): "
-            "point -m / HOLOSCAN_MODEL_PATH at one")
+            f"point the models path at one ({setting})")
+    if not models_dir.is_dir():
+        raise ModelConfigurationError(
+            f"models path {models_dir} does not exist: set it to the folder holding the model "
+            f"set's manifest.yaml ({setting})")
     raise ModelConfigurationError(
         f"no model set in {models_dir} (manifest.yaml missing): install one trained with "
-        "`python -m training` (see models/README.md); without it no prediction is made")
+        f"`python -m training` (see models/README.md) or set the models path ({setting}); "
+        "without it no prediction is made")
 
 
-def load_runner(models_dir: Path, device: str = "auto") -> EnsembleRunner:
+def load_runner(models_dir: Path, device: str = "auto", setting: str = APP_MODELS_SETTING) -> EnsembleRunner:
     """Load and checksum the model set found in ``models_dir`` (see :func:`find_model_set`)."""
-    return EnsembleRunner(find_model_set(models_dir), RunnerOptions(device=device))
+    return EnsembleRunner(find_model_set(models_dir, setting), RunnerOptions(device=device))
 
 
 def make_brain_extractor(config: AppConfig, model_set_dir: Path) -> BrainExtractor:
@@ -87,17 +102,21 @@ class StudyPipeline:
 
     Args:
         config: Application configuration.
-        models_dir: Model-set folder (overrides ``config.models``).
+        models_dir: Model-set folder (overrides ``config.models``; default
+            ``$HOLOSCAN_MODEL_PATH``, then ``./models``).
+        models_setting: Where the models path came from, named in its errors.
 
     Raises:
         ModelConfigurationError / PipelineError: Bad model set, rules, lookup table
             or brain-extraction setup, detected here at start-up.
     """
 
-    def __init__(self, config: AppConfig | None = None, models_dir: Path | None = None) -> None:
+    def __init__(self, config: AppConfig | None = None, models_dir: Path | None = None,
+                 models_setting: str = APP_MODELS_SETTING) -> None:
         self.config = config or AppConfig()
-        self.models_dir = Path(models_dir or self.config.models or "models")
-        self.runner = load_runner(self.models_dir, self.config.device)
+        self.models_dir = Path(models_dir or self.config.models or os.environ.get("HOLOSCAN_MODEL_PATH")
+                               or "models")
+        self.runner = load_runner(self.models_dir, self.config.device, models_setting)
         self.model_set_dir = self.runner.model_set.root
         self.rules = load_rules(self.config.series_rules)
         self.lookup = (SiteLookupTable.from_csv(self.config.clinical_lookup)
@@ -168,7 +187,7 @@ def app_config_from_options(options: Mapping[str, Any] | None) -> AppConfig:
 
 def make_processor(options: Mapping[str, Any] | None = None) -> StudyPipeline:
     """Factory named in the node configuration (``worker.processor``)."""
-    return StudyPipeline(app_config_from_options(options))
+    return StudyPipeline(app_config_from_options(options), models_setting=NODE_MODELS_SETTING)
 
 
 def _study_instances(study: LoadedStudy) -> list[Any]:

@@ -38,11 +38,23 @@ def add_status_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     """Add the ``status`` subcommand (runs :func:`main_status`)."""
     p = subparsers.add_parser(
         "status", help="show studies waiting/running/failed and results unsent",
-        description="Read the node's spool and print its state.",
-        epilog=_CONFIG_HELP + config_reference(),
+        description="Read the node's spool and heartbeat and print its state: whether the node "
+                    "runs and its worker has loaded the models, why and how long each study waits, "
+                    "unsent results with their last error, failed studies (not analysable vs "
+                    "processing errors).",
+        epilog="exit codes: 0 no problem; 1 a problem needs an operator (node not running, "
+               "worker cannot load its models, a study waiting or a result unsent beyond the "
+               "limits, undeliverable results); 2 the configuration or the spool cannot be read.\n\n"
+               + _CONFIG_HELP + config_reference(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", help="YAML configuration file (for spool.dir)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--check", action="store_true",
+                   help="print one line for a monitor (OK: ... / PROBLEM: ...); same exit codes")
+    p.add_argument("--max-wait", type=float, default=3600.0, metavar="S",
+                   help="a study queued longer than this is a problem (default 3600)")
+    p.add_argument("--max-unsent-age", type=float, default=3600.0, metavar="S",
+                   help="a result unsent for longer than this is a problem (default 3600)")
     p.set_defaults(func=main_status)
     return p
 
@@ -62,18 +74,34 @@ def main_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+STATUS_OK, STATUS_PROBLEM, STATUS_UNREADABLE = 0, 1, 2
+
+
 def main_status(args: argparse.Namespace) -> int:
-    """Print the node status. Returns 0, or 1 when studies failed or results are undeliverable."""
-    from .status import read_status
+    """Print the node status.
+
+    Returns:
+        0 when nothing needs an operator, 1 when ``problems`` is not empty, 2 when
+        the configuration or the spool cannot be read.
+    """
+    from .status import SpoolUnreadable, Thresholds, read_status
 
     try:
         config = load_config(args.config)
+        st = read_status(config.spool_dir, models_dir=config.models_dir,
+                         quiet_period_s=config.study.quiet_period_s,
+                         thresholds=Thresholds(max_wait_s=args.max_wait, max_unsent_age_s=args.max_unsent_age))
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    st = read_status(config.spool_dir)
-    print(json.dumps(st.as_dict(), indent=1) if args.json else st.as_text())
-    return 0
+        print(f"{'UNKNOWN: ' if args.check else ''}configuration error: {exc}", file=sys.stderr)
+        return STATUS_UNREADABLE
+    except (SpoolUnreadable, OSError) as exc:
+        print(f"{'UNKNOWN: ' if args.check else ''}cannot read the spool: {exc}", file=sys.stderr)
+        return STATUS_UNREADABLE
+    if args.json:
+        print(json.dumps(st.as_dict(), indent=1))
+    else:
+        print(st.check_line() if args.check else st.as_text())
+    return STATUS_PROBLEM if st.problems else STATUS_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

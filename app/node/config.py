@@ -7,6 +7,10 @@ between section and key), e.g. ``TSC_NODE_SCP__PORT=11112`` or
 ``TSC_NODE_SCP__ALLOWED_CALLING_AES=PACS1,PACS2``. Lists are comma separated;
 destinations are written ``AE@host:port`` (``TSC_NODE_OUTBOX__DESTINATIONS=
 ORTHANC@127.0.0.1:4242``). Booleans accept 1/0, true/false, yes/no.
+Relative paths (``spool.dir`` and the path settings of ``worker.options``) are
+resolved against the folder of the YAML file. The model set of the application's
+pipeline is ``worker.options.models``; when it is not set the node uses
+``$HOLOSCAN_MODEL_PATH`` (``/opt/tsc/models`` in the site image).
 See docs/dicom-node.md for the full reference.
 """
 
@@ -23,6 +27,10 @@ from typing import Any, Mapping
 import yaml
 
 ENV_PREFIX = "TSC_NODE_"
+APP_PROCESSOR = "app.pipeline:make_processor"
+MODEL_PATH_ENV = "HOLOSCAN_MODEL_PATH"
+# worker.options keys that are paths (the application configuration's path keys).
+WORKER_PATH_OPTIONS = ("models", "config", "hdbet_weights", "series_rules", "clinical_lookup")
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
 
@@ -154,6 +162,12 @@ class NodeConfig:
     def spool_dir(self) -> Path:
         return Path(self.spool.dir)
 
+    @property
+    def models_dir(self) -> Path | None:
+        """The model-set folder the worker loads (None for a processor without one)."""
+        models = self.worker.options.get("models")
+        return Path(models) if models else None
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid setting."""
         for name, ae in (("scp.ae_title", self.scp.ae_title),
@@ -276,10 +290,20 @@ def load_config(path: str | os.PathLike[str] | None,
             raise ConfigError(f"cannot read configuration {p.name}: {exc}") from None
         base = p.resolve().parent
     cfg: NodeConfig = _build(NodeConfig, data, "")
-    _apply_env(cfg, os.environ if environ is None else environ)
-    spool = Path(cfg.spool.dir)
-    if not spool.is_absolute():
-        cfg.spool.dir = str(base / spool)
+    env = os.environ if environ is None else environ
+    _apply_env(cfg, env)
+    spool = Path(cfg.spool.dir).expanduser()
+    cfg.spool.dir = str(spool if spool.is_absolute() else base / spool)
+    options = dict(cfg.worker.options)
+    if cfg.worker.processor == APP_PROCESSOR and not options.get("models") and not options.get("config") \
+            and env.get(MODEL_PATH_ENV):
+        options["models"] = env[MODEL_PATH_ENV]
+    for key in WORKER_PATH_OPTIONS:
+        value = options.get(key)
+        if isinstance(value, str) and value:
+            path = Path(value).expanduser()
+            options[key] = str(path if path.is_absolute() else base / path)
+    cfg.worker.options = options
     cfg.validate()
     return cfg
 

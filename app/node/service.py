@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from .config import NodeConfig
+from .health import Heartbeat, models_problem
 from .outbox import Outbox
 from .scp import StoreScp
 from .spool import Spool
@@ -59,6 +60,10 @@ class NodeService:
             log_format=config.logging.format)
         self.scp = StoreScp(config.scp, self.spool,
                             interrupted_hold_s=config.study.interrupted_quiet_period_s)
+        self.heartbeat = Heartbeat(self.spool.root, {
+            "ae_title": config.scp.ae_title, "port": config.scp.port,
+            "models": str(config.models_dir) if config.models_dir else None}, self.pool.states)
+        self.pool.on_state_change = self.heartbeat.write
         self._stop = threading.Event()
         self._tracker_thread: threading.Thread | None = None
 
@@ -72,6 +77,11 @@ class NodeService:
             "event": "node_starting", "spool": str(self.spool.root), "partial_writes_dropped": dropped,
             "incoming_studies": len(self.spool.incoming_studies()), "jobs_resumed": len(pending),
             "results_unsent": len(self.outbox.pending_entries())})
+        problem = models_problem(self.config.models_dir)
+        if problem:
+            logger.error("%s; the SCP accepts studies, which wait until the models load",
+                         problem, extra={"event": "models_missing"})
+        self.heartbeat.start()
         self.pool.start()
         for job in pending:
             self.pool.submit(job)
@@ -85,6 +95,11 @@ class NodeService:
             try:
                 for job in self.tracker.poll():
                     self.pool.submit(job)
+                    error = self.pool.startup_error()
+                    if error:
+                        logger.warning("study received but cannot be analysed until the worker starts: %s",
+                                       error, extra={"event": "study_waiting_for_worker",
+                                                     "job_id": job.job_id})
             except Exception:
                 logger.exception("study tracker pass failed", extra={"event": "tracker_error"})
 
@@ -96,6 +111,7 @@ class NodeService:
             self._tracker_thread.join(10)
         self.pool.stop()
         self.outbox.stop()
+        self.heartbeat.stop()
         logger.info("node stopped", extra={"event": "node_stopped"})
 
     def request_stop(self, *_: Any) -> None:

@@ -1,59 +1,155 @@
-"""Node status read from the spool folder (works whether or not the node runs)."""
+"""Node status for operators and monitors, read from the spool folder.
+
+Works whether or not the node runs: it reads the node's heartbeat
+(``state/node.json``, see :mod:`app.node.health`), the job records and the
+outbox manifests. :func:`read_status` returns a :class:`NodeStatus`; its
+``problems`` are what ``python -m app status --check`` turns into exit code 1.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .health import models_problem, read_heartbeat
 from .jobstore import read_json
+
+# Sub-folders every spool has once the node has started on it.
+SPOOL_FOLDERS = ("incoming", "jobs", "outbox")
+REASON_CHARS = 160
+
+
+class SpoolUnreadable(Exception):
+    """The spool folder does not exist, is not a node spool, or cannot be read."""
+
+
+@dataclass
+class Thresholds:
+    """When a waiting study or an unsent result becomes a problem for ``--check``.
+
+    Attributes:
+        max_wait_s: A study queued (not running) longer than this.
+        max_unsent_age_s: A result set not acknowledged by every destination after this.
+    """
+
+    max_wait_s: float = 3600.0
+    max_unsent_age_s: float = 3600.0
 
 
 @dataclass
 class NodeStatus:
-    """Counts of studies and results by state.
+    """What the node is doing, and what needs an operator.
 
     Attributes:
+        node: The heartbeat: ``running``, ``pid``, ``age_s`` (seconds since the last
+            heartbeat), ``workers`` (each slot's state and start-up error).
         receiving: Studies with instances still inside their quiet period.
         waiting: Stable studies queued for processing.
         running: Studies being processed now.
-        failed: Studies quarantined (not analysable, crashed or timed out).
+        failed: Studies quarantined (``not_analysable`` + ``errors``).
+        not_analysable: Quarantined because the pipeline judged the data not analysable.
+        errors: Quarantined because processing failed (exception, crash, time limit).
         processed: Studies processed successfully.
         results_unsent: Result sets not yet acknowledged by every destination.
         results_sent: Result sets acknowledged by every destination.
         results_undeliverable: Result sets given up after the retry horizon.
         oldest_unsent_age_s: Age of the oldest unsent result set.
-        failures: The most recent quarantined jobs with their reasons.
+        studies: One line per study receiving, waiting or running: why and for how long.
+        unsent: One line per unsent result set, with each destination's last error.
+        failures: The most recent quarantined studies with their kind and a short reason.
+        problems: Short sentences, one per condition that needs an operator.
     """
 
+    node: dict[str, Any] = field(default_factory=dict)
     receiving: int = 0
     waiting: int = 0
     running: int = 0
     failed: int = 0
+    not_analysable: int = 0
+    errors: int = 0
     processed: int = 0
     results_unsent: int = 0
     results_sent: int = 0
     results_undeliverable: int = 0
     oldest_unsent_age_s: float | None = None
+    studies: list[dict[str, Any]] = field(default_factory=list)
+    unsent: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def as_text(self) -> str:
-        lines = [f"studies receiving:      {self.receiving}",
-                 f"studies waiting:        {self.waiting}",
-                 f"studies running:        {self.running}",
-                 f"studies failed:         {self.failed}",
-                 f"studies processed:      {self.processed}",
-                 f"results unsent:         {self.results_unsent}"
-                 + (f" (oldest {self.oldest_unsent_age_s:.0f} s)" if self.oldest_unsent_age_s else ""),
-                 f"results sent:           {self.results_sent}",
-                 f"results undeliverable:  {self.results_undeliverable}"]
+        node = self.node
+        if node.get("running"):
+            head = f"node: running (pid {node.get('pid')}, heartbeat {node.get('age_s', 0):.0f} s ago)"
+        elif node.get("age_s") is None:
+            head = "node: not running (no heartbeat in this spool)"
+        else:
+            head = (f"node: not running ({'stopped' if node.get('stopped') else 'last heartbeat'} "
+                    f"{_age(node.get('age_s'))} ago)")
+        lines = [head]
+        for w in node.get("workers", []) if node.get("running") else []:
+            text = f"  worker {w.get('slot')}: {w.get('state')}"
+            if w.get("state") == "busy":
+                text += f" ({w.get('job_id')})"
+            if w.get("error"):
+                text += f": {short_reason(w['error'])}"
+            lines.append(text)
+        lines += [f"studies receiving:      {self.receiving}",
+                  f"studies waiting:        {self.waiting}",
+                  f"studies running:        {self.running}",
+                  f"studies failed:         {self.failed} ({self.not_analysable} not analysable, "
+                  f"{self.errors} processing errors)",
+                  f"studies processed:      {self.processed}",
+                  f"results unsent:         {self.results_unsent}"
+                  + (f" (oldest {_age(self.oldest_unsent_age_s)})" if self.oldest_unsent_age_s else ""),
+                  f"results sent:           {self.results_sent}",
+                  f"results undeliverable:  {self.results_undeliverable}"]
+        for s in self.studies:
+            lines.append(f"  {s['state']:<9} {s['id']}  {_age(s['for_s'])}: {s['reason']}")
+        for u in self.unsent:
+            for name, d in u["destinations"].items():
+                if d.get("state") == "sent":
+                    continue
+                lines.append(f"  unsent    {u['job_id']} -> {name}  {_age(u['age_s'])}, {d.get('attempts', 0)} "
+                             f"attempts: {d.get('last_error') or 'not tried yet'}")
         for f in self.failures:
-            lines.append(f"  failed {f['job_id']}: {f.get('reason')}")
+            kind = {"not_analysable": "not analysable", "error": "error"}.get(f.get("failure") or "", "failed")
+            lines.append(f"  {kind:<15} {f['job_id']}: {f.get('reason')}")
+        lines.append("problems: " + ("none" if not self.problems else ""))
+        lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+    def check_line(self) -> str:
+        """One line for a monitor (Nagios style)."""
+        if not self.problems:
+            return (f"OK: node running, {self.waiting + self.running} studies in work, "
+                    f"{self.results_unsent} results unsent")
+        return "PROBLEM: " + "; ".join(self.problems)
+
+
+def short_reason(text: Any, limit: int = REASON_CHARS) -> str:
+    """The first line of ``text``, whitespace collapsed, cut to ``limit`` characters."""
+    first = " ".join(str(text or "").strip().splitlines()[:1][0].split()) if str(text or "").strip() else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0.0, float(seconds))
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 def _dirs(folder: Path) -> list[Path]:
@@ -62,28 +158,142 @@ def _dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def read_status(spool_dir: Path, max_failures: int = 10) -> NodeStatus:
-    """Summarise the spool at ``spool_dir``."""
-    st = NodeStatus()
-    st.receiving = len(_dirs(spool_dir / "incoming"))
+def _newest_mtime(folder: Path) -> float | None:
+    newest = None
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                m = os.stat(os.path.join(root, name)).st_mtime
+            except OSError:
+                continue
+            newest = m if newest is None else max(newest, m)
+    return newest
+
+
+def check_spool(spool_dir: Path) -> None:
+    """Raise :class:`SpoolUnreadable` unless ``spool_dir`` is a readable node spool."""
+    if not spool_dir.is_dir():
+        raise SpoolUnreadable(f"spool folder {spool_dir} does not exist (spool.dir or TSC_NODE_SPOOL__DIR; "
+                              "is this the node's configuration?)")
+    missing = [name for name in SPOOL_FOLDERS if not (spool_dir / name).is_dir()]
+    if missing:
+        raise SpoolUnreadable(f"{spool_dir} is not a node spool (no {', '.join(missing)}/; the node creates "
+                              "them when it starts)")
+    for name in SPOOL_FOLDERS:
+        if not os.access(spool_dir / name, os.R_OK | os.X_OK):
+            raise SpoolUnreadable(f"{spool_dir / name} is not readable by this user (uid {os.getuid()})")
+
+
+def read_status(spool_dir: Path, max_failures: int = 10, *, models_dir: Path | None = None,
+                quiet_period_s: float | None = None, thresholds: Thresholds | None = None,
+                now: float | None = None) -> NodeStatus:
+    """Summarise the spool at ``spool_dir``.
+
+    Args:
+        spool_dir: The node's spool folder.
+        max_failures: How many recent quarantined studies to list.
+        models_dir: The configured models path, checked for a model set.
+        quiet_period_s: The configured quiet period (to say when a receiving study turns stable).
+        thresholds: When waiting studies and unsent results count as problems.
+        now: Current time (tests).
+
+    Raises:
+        SpoolUnreadable: ``spool_dir`` is not a readable node spool.
+    """
+    check_spool(spool_dir)
+    now = time.time() if now is None else now
+    limits = thresholds or Thresholds()
+    st = NodeStatus(node=read_heartbeat(spool_dir, now))
+    node_running = bool(st.node.get("running"))
+    workers = st.node.get("workers", []) if node_running else []
+    worker_ready = any(w.get("state") in ("ready", "busy") for w in workers)
+    worker_error = None
+    if workers and not worker_ready:
+        worker_error = next((w.get("error") for w in workers if w.get("error")), None)
+
+    for study in _dirs(spool_dir / "incoming"):
+        st.receiving += 1
+        last = _newest_mtime(study)
+        quiet = now - last if last else None
+        reason = "receiving" + (f"; last instance {_age(quiet)} ago" if quiet is not None else "")
+        if quiet_period_s is not None:
+            reason += f" (complete after {_age(quiet_period_s)} quiet)"
+        if not node_running:
+            reason += "; node not running"
+        st.studies.append({"state": "receiving", "id": study.name, "for_s": quiet, "reason": reason})
+
+    queued_before = 0
     for job in _dirs(spool_dir / "jobs"):
-        if read_json(job / "job.json").get("state") == "running":
+        record = read_json(job / "job.json")
+        if record.get("state") == "running":
             st.running += 1
+            since = float(record.get("started") or record.get("created") or now)
+            reason = f"processing (attempt {record.get('attempts', 1)})"
+            if not node_running:
+                reason = "was processing when the node stopped; runs again at the next start"
+            st.studies.append({"state": "running", "id": job.name, "study_uid": record.get("study_uid"),
+                               "for_s": now - since, "reason": reason})
+            continue
+        st.waiting += 1
+        waited = now - float(record.get("created") or now)
+        if not node_running:
+            reason = "node not running"
+        elif worker_error:
+            reason = f"worker cannot start: {short_reason(worker_error)}"
+        elif queued_before:
+            reason = f"queued behind {queued_before} other studies"
         else:
-            st.waiting += 1
+            reason = "next in line"
+        queued_before += 1
+        st.studies.append({"state": "waiting", "id": job.name, "study_uid": record.get("study_uid"),
+                           "for_s": waited, "reason": reason})
+        if waited > limits.max_wait_s:
+            st.problems.append(f"study {job.name} waiting {_age(waited)}: {reason}")
+
     quarantined = _dirs(spool_dir / "quarantine")
     st.failed = len(quarantined)
+    for q in quarantined:
+        r = read_json(q / "reason.json")
+        if r.get("failure") == "not_analysable":
+            st.not_analysable += 1
+        else:
+            st.errors += 1
     for q in quarantined[-max_failures:]:
         r = read_json(q / "reason.json")
-        st.failures.append({"job_id": q.name, "study_uid": r.get("study_uid"), "reason": r.get("reason")})
+        st.failures.append({"job_id": q.name, "study_uid": r.get("study_uid"), "failure": r.get("failure"),
+                            "reason": short_reason(r.get("reason"))})
     st.processed = len(_dirs(spool_dir / "done"))
+
     unsent = _dirs(spool_dir / "outbox")
     st.results_unsent = len(unsent)
-    if unsent:
-        created = [read_json(u / "manifest.json").get("created") for u in unsent]
-        created = [c for c in created if isinstance(c, (int, float))]
-        if created:
-            st.oldest_unsent_age_s = time.time() - min(created)
+    for u in unsent:
+        manifest = read_json(u / "manifest.json")
+        created = manifest.get("created")
+        age = now - created if isinstance(created, (int, float)) else None
+        if age is not None:
+            st.oldest_unsent_age_s = max(st.oldest_unsent_age_s or 0.0, age)
+        dests = {name: {"state": d.get("state"), "attempts": d.get("attempts", 0),
+                        "last_error": short_reason(d.get("last_error")) or None,
+                        "next_attempt_in_s": (round(d["next_attempt"] - now, 1)
+                                              if isinstance(d.get("next_attempt"), (int, float)) else None)}
+                 for name, d in (manifest.get("destinations") or {}).items()}
+        st.unsent.append({"job_id": u.name, "study_uid": manifest.get("study_uid"), "age_s": age,
+                          "destinations": dests})
+        if age is not None and age > limits.max_unsent_age_s:
+            errors = "; ".join(f"{n}: {d['last_error']}" for n, d in dests.items() if d.get("last_error"))
+            st.problems.append(f"result {u.name} unsent for {_age(age)}" + (f" ({errors})" if errors else ""))
     st.results_sent = len(_dirs(spool_dir / "sent"))
     st.results_undeliverable = len(_dirs(spool_dir / "undeliverable"))
+    if st.results_undeliverable:
+        st.problems.append(f"{st.results_undeliverable} result sets undeliverable (given up; see undeliverable/)")
+
+    if not node_running:
+        age = st.node.get("age_s")
+        st.problems.insert(0, "node not running" + ("" if age is None else
+                                                    f" (last heartbeat {_age(age)} ago)"))
+    elif worker_error:
+        st.problems.insert(0, f"worker cannot start: {short_reason(worker_error, 300)}")
+    static = None if worker_ready or worker_error else models_problem(models_dir)
+    if static:
+        st.problems.insert(0, static)
     return st

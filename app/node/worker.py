@@ -103,6 +103,12 @@ def _worker_main(conn: Any, dotted: str, options: dict[str, Any], log_level: str
             conn.send(("error", f"{stage + ': ' if stage else ''}{type(exc).__name__}: {reason}"))
 
 
+# Why a quarantined study has no result: the pipeline judged the data not analysable,
+# or processing itself failed (exception, crash, time limit, repeated interruption).
+FAILURE_NOT_ANALYSABLE = "not_analysable"
+FAILURE_ERROR = "error"
+
+
 class WorkerFailure(Exception):
     """Processing did not complete: timeout, crash or an exception in the processor."""
 
@@ -237,7 +243,37 @@ class WorkerPool:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._workers: list[WorkerProcess] = []
+        self._stop_event = threading.Event()
         self.running: dict[str, float] = {}
+        self._states: list[dict[str, Any]] = []
+        self.on_state_change: Callable[[], None] | None = None
+
+    def states(self) -> list[dict[str, Any]]:
+        """Each worker slot's state (``loading``, ``ready``, ``busy``, ``failed``), for the heartbeat."""
+        with self._cv:
+            return [dict(s) for s in self._states]
+
+    @property
+    def ready(self) -> bool:
+        """True when at least one worker has loaded the processor (models)."""
+        with self._cv:
+            return any(s["state"] in ("ready", "busy") for s in self._states)
+
+    def startup_error(self) -> str | None:
+        """The last start-up error while no worker is ready, else None."""
+        with self._cv:
+            if any(s["state"] in ("ready", "busy") for s in self._states):
+                return None
+            return next((s["error"] for s in self._states if s.get("error")), None)
+
+    def _set_state(self, slot: int, state: str, **extra: Any) -> None:
+        with self._cv:
+            self._states[slot] = {"slot": slot, "state": state, "since": time.time(), **extra}
+        if self.on_state_change is not None:
+            try:
+                self.on_state_change()
+            except Exception:  # noqa: BLE001 - a heartbeat write must not stop a worker slot
+                logger.exception("state-change callback failed")
 
     def submit(self, job: Job) -> None:
         with self._cv:
@@ -252,7 +288,8 @@ class WorkerPool:
             w = WorkerProcess(self.processor, self.options, startup_timeout_s=self.startup_timeout_s,
                               log_level=self.log_level, log_format=self.log_format)
             self._workers.append(w)
-            t = threading.Thread(target=self._slot, args=(w,), name=f"worker-slot-{i}", daemon=True)
+            self._states.append({"slot": i, "state": "loading", "since": time.time()})
+            t = threading.Thread(target=self._slot, args=(i, w), name=f"worker-slot-{i}", daemon=True)
             self._threads.append(t)
             t.start()
 
@@ -261,6 +298,7 @@ class WorkerPool:
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
+        self._stop_event.set()
         for w in self._workers:
             w.kill()
         for t in self._threads:
@@ -270,37 +308,48 @@ class WorkerPool:
         with self._cv:
             return not self._queue and not self.running
 
-    def _ensure_worker(self, worker: WorkerProcess, backoff: float) -> float:
-        """Start the worker if needed; return the next backoff (1 s after a success)."""
-        try:
-            if not worker.alive:
-                worker.start()
-            return 1.0
-        except WorkerFailure as exc:
-            logger.error("worker could not start: %s; retrying in %.0f s", exc, backoff,
-                         extra={"event": "worker_start_failed"})
-            with self._cv:
-                self._cv.wait(backoff)
-            return min(backoff * 2, 300.0)
+    def _ensure_worker(self, slot: int, worker: WorkerProcess, backoff: float) -> float:
+        """Start the worker if needed; return the next backoff (1 s after a success).
 
-    def _slot(self, worker: WorkerProcess) -> None:
+        A failed start is retried on a doubling back-off (up to 5 min) whether or not
+        studies are waiting, so a models folder that appears later (a late mount, a
+        fixed installation) is picked up without a restart, and every retry is logged.
+        """
+        if worker.alive:
+            return 1.0
+        with self._cv:  # a retry keeps the last error visible until it succeeds
+            last_error = self._states[slot].get("error")
+        self._set_state(slot, "loading", **({"error": last_error} if last_error else {}))
+        try:
+            worker.start()
+        except WorkerFailure as exc:
+            with self._cv:
+                waiting = len(self._queue)
+            self._set_state(slot, "failed", error=str(exc), next_retry=time.time() + backoff)
+            logger.error("worker could not start: %s; the SCP keeps accepting studies, which wait "
+                         "until the worker starts; retrying in %.0f s", exc, backoff,
+                         extra={"event": "worker_start_failed", "studies_waiting": waiting})
+            self._stop_event.wait(backoff)
+            return min(backoff * 2, 300.0)
+        self._set_state(slot, "ready", pid=worker.proc.pid)
+        return 1.0
+
+    def _slot(self, slot: int, worker: WorkerProcess) -> None:
         # Load the processor (models) before the first study arrives.
-        backoff = self._ensure_worker(worker, 1.0)
+        backoff = self._ensure_worker(slot, worker, 1.0)
         while True:
             with self._cv:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._stopping and worker.alive:
                     self._cv.wait()
                 if self._stopping:
                     return
-                job = self._queue.pop(0)
-            if not worker.alive:
-                backoff = self._ensure_worker(worker, backoff)
-                if not worker.alive:
-                    with self._cv:
-                        self._queue.insert(0, job)
-                    continue
+                job = self._queue.pop(0) if self._queue and worker.alive else None
+            if job is None:  # the worker is down (failed start, crash, timeout): start it again
+                backoff = self._ensure_worker(slot, worker, backoff)
+                continue
             with self._cv:
                 self.running[job.job_id] = time.time()
+            self._set_state(slot, "busy", job_id=job.job_id, pid=worker.proc.pid if worker.proc else None)
             try:
                 self.run_job(job, worker)
             except Exception:
@@ -310,13 +359,16 @@ class WorkerPool:
                 with self._cv:
                     self.running.pop(job.job_id, None)
                     self._queued_ids.discard(job.job_id)
+                if worker.alive:
+                    self._set_state(slot, "ready", pid=worker.proc.pid)
 
     def run_job(self, job: Job, worker: WorkerProcess) -> None:
         """Run one job to a delivered result (or to quarantine)."""
         tmp = self.spool.path("tmp")
         delivered = self.is_delivered(job.job_id)
         if delivered is not None:
-            self._finish(job, bool(delivered.get("analysed")), delivered.get("reason"))
+            self._finish(job, bool(delivered.get("analysed")), delivered.get("reason"),
+                         delivered.get("failure") or FAILURE_NOT_ANALYSABLE)
             return
         record = read_json(job.record_path)
         attempts = int(record.get("attempts", 0))
@@ -324,6 +376,7 @@ class WorkerPool:
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir()
         started = time.monotonic()
+        failure = FAILURE_ERROR  # unless the processor itself answers "not analysable"
         if attempts >= self.max_attempts:
             analysed, reason, files = False, (f"processing was interrupted {attempts} times "
                                               "(node crash or kill); not tried again"), []
@@ -339,6 +392,7 @@ class WorkerPool:
                 outcome = worker.run(job.input_dir, out_dir, self.study_timeout_s)
                 analysed, reason, files = outcome.analysed, outcome.reason, outcome.result_files
                 files = [f for f in files if _inside(f, out_dir)]
+                failure = FAILURE_NOT_ANALYSABLE
             except WorkerFailure as exc:
                 if self._stopping:
                     # Interrupted by a graceful stop: not the study's fault, resumed at next start.
@@ -349,10 +403,11 @@ class WorkerPool:
         if not analysed and not files:
             files = self._fallback_sr(job, reason, out_dir / "fallback")
         self.deliver(job, files, analysed, reason)
-        self._finish(job, analysed, reason)
-        logger.info("study processed" if analysed else "study not analysable; quarantined",
+        self._finish(job, analysed, reason, failure)
+        logger.info("study processed" if analysed else f"study {failure.replace('_', ' ')}; quarantined",
                     extra={"event": "job_finished", "job_id": job.job_id, "study_uid": job.study_uid,
                            "analysed": analysed, "reason": reason, "results": len(files),
+                           **({} if analysed else {"failure": failure}),
                            "seconds": round(time.monotonic() - started, 3)})
 
     def _fallback_sr(self, job: Job, reason: str | None, out_dir: Path) -> list[Path]:
@@ -373,9 +428,11 @@ class WorkerPool:
                          extra={"event": "fallback_sr_failed", "job_id": job.job_id})
             return []
 
-    def _finish(self, job: Job, analysed: bool, reason: str | None) -> None:
+    def _finish(self, job: Job, analysed: bool, reason: str | None, failure: str = FAILURE_ERROR) -> None:
         record = read_json(job.record_path)
         record.update(state="done" if analysed else "failed", reason=reason, finished=time.time())
+        if not analysed:
+            record["failure"] = failure
         write_json(job.record_path, record, self.spool.path("tmp"), fsync=self.spool.fsync)
         shutil.rmtree(job.path / "output", ignore_errors=True)
         if analysed:
@@ -384,7 +441,8 @@ class WorkerPool:
             os.replace(job.path, self.spool.path("done") / job.job_id)
         else:
             write_json(job.path / "reason.json", {"job_id": job.job_id, "study_uid": job.study_uid,
-                                                  "reason": reason}, self.spool.path("tmp"),
+                                                  "reason": reason, "failure": failure,
+                                                  "finished": time.time()}, self.spool.path("tmp"),
                        fsync=self.spool.fsync)
             os.replace(job.path, self.spool.path("quarantine") / job.job_id)
 

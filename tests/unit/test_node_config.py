@@ -71,6 +71,9 @@ def test_example_configuration_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "app" / "node" / "node.example.yaml"
     cfg = load_config(example, environ={"TSC_NODE_OUTBOX__DESTINATIONS": "ORTHANC@orthanc:4242"})
     assert cfg.scp.allowed_calling_aes == ["ORTHANC"] and cfg.outbox.destinations[0].port == 4242
+    # the models path is the one the image (Dockerfile HOLOSCAN_MODEL_PATH) and the systemd guide use
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    assert cfg.models_dir == Path("/opt/tsc/models") and "HOLOSCAN_MODEL_PATH=/opt/tsc/models" in dockerfile
 
 
 def test_cli_help_documents_file_and_environment(capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,13 +89,53 @@ def test_cli_status_reads_the_spool(tmp_path: Path, capsys: pytest.CaptureFixtur
     import json
 
     from app.node.cli import main
+    from app.node.spool import Spool
     cfg = _write(tmp_path, BASE)
+    Spool(tmp_path / "spool")
     (tmp_path / "spool" / "quarantine" / "job1").mkdir(parents=True)
     (tmp_path / "spool" / "quarantine" / "job1" / "reason.json").write_text(
-        json.dumps({"job_id": "job1", "study_uid": "1.2.3", "reason": "worker process crashed"}))
+        json.dumps({"job_id": "job1", "study_uid": "1.2.3", "reason": "worker process crashed\ntraceback...",
+                    "failure": "error"}))
     (tmp_path / "spool" / "jobs" / "job2").mkdir(parents=True)
-    assert main(["status", "--config", str(cfg), "--json"]) == 0
+    # the node never ran on this spool: a problem (exit 1), but the spool is read
+    assert main(["status", "--config", str(cfg), "--json"]) == 1
     st = json.loads(capsys.readouterr().out)
-    assert st["failed"] == 1 and st["waiting"] == 1 and st["failures"][0]["reason"] == "worker process crashed"
-    assert main(["status", "--config", str(cfg)]) == 0
-    assert "studies failed:         1" in capsys.readouterr().out
+    assert st["failed"] == 1 and st["errors"] == 1 and st["not_analysable"] == 0 and st["waiting"] == 1
+    assert st["failures"][0]["reason"] == "worker process crashed"  # first line only
+    assert st["studies"][0]["reason"] == "node not running"
+    assert main(["status", "--config", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert "studies failed:         1 (0 not analysable, 1 processing errors)" in out
+    assert "node: not running (no heartbeat in this spool)" in out
+    assert main(["status", "--config", str(cfg), "--check"]) == 1
+    assert capsys.readouterr().out.startswith("PROBLEM: node not running")
+
+
+def test_cli_status_wrong_spool_path_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from app.node.cli import main
+    cfg = _write(tmp_path, BASE.replace("{dir: spool}", "{dir: nowhere/spool}"))
+    assert main(["status", "--config", str(cfg), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("UNKNOWN: cannot read the spool") and str(tmp_path / "nowhere" / "spool") in err
+    (tmp_path / "nowhere" / "spool").mkdir(parents=True)  # a folder, but not a spool
+    assert main(["status", "--config", str(cfg)]) == 2
+    assert "is not a node spool" in capsys.readouterr().err
+    assert main(["status", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_relative_worker_paths_resolve_against_the_yaml(tmp_path: Path) -> None:
+    text = BASE + "worker:\n  options: {models: m, clinical_lookup: lut.csv, brain_extraction: fallback}\n"
+    cfg = load_config(_write(tmp_path, text), environ={"HOLOSCAN_MODEL_PATH": "/elsewhere"})
+    assert cfg.worker.options == {"models": str(tmp_path / "m"), "clinical_lookup": str(tmp_path / "lut.csv"),
+                                  "brain_extraction": "fallback"}
+    assert cfg.models_dir == tmp_path / "m"
+
+
+def test_models_path_falls_back_to_holoscan_model_path(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, BASE), environ={"HOLOSCAN_MODEL_PATH": "/opt/tsc/models"})
+    assert cfg.worker.options["models"] == "/opt/tsc/models" and cfg.models_dir == Path("/opt/tsc/models")
+    assert "models" not in load_config(_write(tmp_path, BASE), environ={}).worker.options
+    # another processor than the app's pipeline gets no models option it did not ask for
+    other = load_config(_write(tmp_path, BASE), environ={"HOLOSCAN_MODEL_PATH": "/x",
+                                                         "TSC_NODE_WORKER__PROCESSOR": "tests.node_doubles:x"})
+    assert "models" not in other.worker.options
