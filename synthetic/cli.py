@@ -44,6 +44,16 @@ def _decoys(text: str) -> bool | str | list[str]:
     return kinds
 
 
+def _procedure_code(text: str | None, description: str) -> tuple[str, str, str] | None:
+    if not text:
+        return None
+    parts = text.split("^")
+    if len(parts) > 3 or not parts[0].strip() or any(not p.strip() for p in parts[1:]):
+        raise SystemExit(f"error: --procedure-code {text!r} is not VALUE[^SCHEME[^MEANING]]")
+    value, scheme, meaning = (parts + ["99LOCAL", description][len(parts) - 1:])[:3]
+    return value.strip(), scheme.strip(), meaning.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsc-synth", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--flair-matrix", type=_matrix, default=(320, 320), help="COLSxROWS (default 320x320)")
     gen.add_argument("--slices", type=int, default=24)
     gen.add_argument("--patient-name", default=None, help="DICOM PN (default Synthetic^Subject<seed>)")
+    gen.add_argument("--study-description", default=StudyOptions.study_description,
+                     help=f"Study Description (default {StudyOptions.study_description!r}, which the shipped "
+                          "Orthanc routing rule does not route; 'MR BRAIN TSC PROTOCOL' is routed)")
+    gen.add_argument("--procedure-code", default=None, metavar="VALUE[^SCHEME[^MEANING]]",
+                     help="Procedure Code Sequence item, e.g. TSC-MR-BRAIN (listed in the shipped rule's "
+                          "ProcedureCodes); scheme default 99LOCAL, meaning default the study description")
     gen.add_argument("--max-rotation-deg", type=float, default=5.0)
     gen.add_argument("--max-translation-mm", type=float, default=10.0)
 
@@ -93,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             t2_matrix=args.t2_matrix, t2_pixel_mm=round(pixel["t2"], 4),
             flair_matrix=args.flair_matrix, flair_pixel_mm=round(pixel["flair"], 4),
             slices=args.slices, patient_name=args.patient_name,
+            study_description=args.study_description,
+            procedure_code=_procedure_code(args.procedure_code, args.study_description),
             max_rotation_deg=args.max_rotation_deg, max_translation_mm=args.max_translation_mm)
         for seed in range(args.seed, args.seed + args.count):
             start = time.perf_counter()

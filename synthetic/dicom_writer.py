@@ -123,6 +123,7 @@ class StudyContext:
     station: str = "SYNMR01"
     device_serial: str = "990001"
     weight_kg: float | None = None
+    procedure_code: tuple[str, str, str] | None = None
     character_set: str = "ISO_IR 100"
 
 
@@ -158,6 +159,10 @@ def _common(ds: Dataset, ctx: StudyContext, series: SeriesData) -> None:
     ds.ReferringPhysicianName = ctx.referring_physician
     ds.StationName = ctx.station
     ds.StudyDescription = ctx.study_description
+    if ctx.procedure_code is not None:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = ctx.procedure_code
+        ds.ProcedureCodeSequence = [code]
     ds.SeriesDescription = series.description
     ds.ManufacturerModelName = ctx.model
     ds.PatientName = ctx.patient_name

@@ -25,6 +25,10 @@ class StudyOptions:
         slices: Slices per T2/FLAIR/DWI series; slice_thickness_mm + slice_gap_mm = spacing.
         max_rotation_deg / max_translation_mm: Bound of the T2-to-FLAIR head motion.
         patient_name: DICOM PN string (default ``Synthetic^Subject<seed>``).
+        study_description: Study Description of every series. The default does not match the
+            shipped Orthanc routing rule (app/node/orthanc); ``"MR BRAIN TSC PROTOCOL"`` does.
+        procedure_code: (code value, coding scheme designator, code meaning) written as the
+            Procedure Code Sequence (0008,1032) of every instance, or None for none.
         subject: Use these subject parameters instead of drawing them from the seed.
         t2_rescale / flair_rescale: (slope, intercept) written to the T2/FLAIR files.
         slab_samples: Sub-samples through the slice thickness (partial volume).
@@ -49,6 +53,8 @@ class StudyOptions:
     max_rotation_deg: float = 5.0
     max_translation_mm: float = 10.0
     patient_name: str | None = None
+    study_description: str = "MRI BRAIN WITHOUT CONTRAST"
+    procedure_code: tuple[str, str, str] | None = None
     subject: SubjectParams | None = None
     t2_rescale: tuple[float, float] = (1.0, 0.0)
     flair_rescale: tuple[float, float] = (1.0, 0.0)

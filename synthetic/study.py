@@ -120,6 +120,9 @@ def _validate(seed: int, options: StudyOptions) -> None:
     if options.encoding == "jpeg2000" and min(*options.t2_matrix, *options.flair_matrix) < 32:
         # OpenJPEG always uses 6 wavelet resolutions, which needs at least 32 pixels per side.
         raise ValueError("the jpeg2000 encoding needs T2 and FLAIR matrices of at least 32x32")
+    if not 0 < len(options.study_description) <= 64 or "\\" in options.study_description:
+        raise ValueError(f"study_description must be 1-64 characters without a backslash (LO), "
+                         f"got {options.study_description!r}")
 
 
 def _series_numbers(kinds: list[str], rng: np.random.Generator) -> dict[str, int]:
@@ -142,13 +145,14 @@ def _study_context(seed: int, sid: str, subject: SubjectParams, options: StudyOp
     entropy = f"tsc-synth/{seed}"
     accession = f"A{int(rng.integers(10**7, 10**8))}"
     name = options.patient_name if options.patient_name is not None else f"Synthetic^Subject{seed:06d}"
-    texts = [name, *descriptions.values()]
+    texts = [name, options.study_description, *descriptions.values()]
     ctx = StudyContext(
         patient_name=name, patient_id=sid, birth_date=birth.strftime("%Y%m%d"),
         sex="M" if subject.male else "F", age=_age_string(birth, study_date),
         study_uid=make_uid(entropy, "study"), study_date=study_date.strftime("%Y%m%d"),
         study_time=start.strftime("%H%M%S"), accession_number=accession, study_id=str(int(rng.integers(1000, 9999))),
-        study_description="MRI BRAIN WITHOUT CONTRAST", referring_physician="Referrer^Synthetic",
+        study_description=options.study_description, procedure_code=options.procedure_code,
+        referring_physician="Referrer^Synthetic",
         frame_of_reference_uid=make_uid(entropy, "frame-of-reference"), uid_entropy=entropy,
         character_set="ISO_IR 192" if any(not t.isascii() for t in texts) else "ISO_IR 100",
     )
