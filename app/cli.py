@@ -17,14 +17,15 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_ANALYSABLE = 2
 DEMO_SEED = 20260
-SUBCOMMANDS = ("serve", "status", "demo")
+SUBCOMMANDS = ("serve", "status", "cleanup", "demo")
 
 
 def _map_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m app",
         description="Analyse one study folder (MONAI Deploy convention). Subcommands: "
-                    "serve (DICOM node), status (node status), demo (run on a synthetic study).",
+                    "serve (DICOM node), status (node status), cleanup (spool retention), demo (run on a "
+                    "synthetic study).",
         epilog="Missing -i/-o/-m fall back to HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and "
                "HOLOSCAN_MODEL_PATH, then to ./input, ./output and ./models. Exit codes: 0 analysed, "
                "2 not analysable (a short SR says why), 1 configuration or internal error.")
@@ -162,7 +163,7 @@ def main_demo(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to the MAP run or a subcommand."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("serve", "status"):
+    if argv and argv[0] in ("serve", "status", "cleanup"):
         from app.node.cli import main as node_main
 
         return node_main(argv)

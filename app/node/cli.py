@@ -1,4 +1,4 @@
-"""Command line of the DICOM node: ``serve`` and ``status``.
+"""Command line of the DICOM node: ``serve``, ``status`` and ``cleanup``.
 
 The application's ``python -m app`` adds these with :func:`add_serve_parser` and
 :func:`add_status_parser`; ``python -m app.node`` runs them on their own.
@@ -59,6 +59,40 @@ def add_status_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     return p
 
 
+def add_cleanup_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    """Add the ``cleanup`` subcommand (runs :func:`main_cleanup`)."""
+    p = subparsers.add_parser(
+        "cleanup", help="delete processed, sent, undeliverable and quarantined spool entries past retention",
+        description="Apply the spool retention (spool.retention_days): remove entries of done/, sent/, "
+                    "undeliverable/ and quarantine/ last changed longer ago. Work in progress is never "
+                    "touched. Exit 0, or 2 when the configuration or spool cannot be read.")
+    p.add_argument("--config", "-c", help="YAML configuration file")
+    p.add_argument("--older-than-days", type=float, default=None,
+                   help="override spool.retention_days for this run")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    p.set_defaults(func=main_cleanup)
+    return p
+
+
+def main_cleanup(args: argparse.Namespace) -> int:
+    """Apply the spool retention once; print what was removed."""
+    from .cleanup import clean_spool
+    from .status import SpoolUnreadable, check_spool
+
+    try:
+        config = load_config(args.config)
+        check_spool(config.spool_dir)
+        days = config.spool.retention_days if args.older_than_days is None else args.older_than_days
+        report = clean_spool(config.spool_dir, days, dry_run=args.dry_run)
+    except (ConfigError, SpoolUnreadable, ValueError, OSError) as exc:
+        print(f"cleanup: {exc}", file=sys.stderr)
+        return STATUS_UNREADABLE
+    verb = "would remove" if args.dry_run else "removed"
+    for name, entries in report.removed.items():
+        print(f"{name + '/':<15} {verb} {len(entries)}, kept {report.kept[name]}")
+    return STATUS_OK
+
+
 def main_serve(args: argparse.Namespace) -> int:
     """Run the node until SIGTERM/SIGINT. Returns the exit status."""
     from .logs import setup_logging
@@ -109,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
     add_status_parser(sub)
+    add_cleanup_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -81,6 +81,7 @@ class SpoolConfig:
     min_free_mb: float = 1024.0
     fsync: bool = True
     keep_done_inputs: bool = False
+    retention_days: float = 30.0
 
 
 @dataclass
@@ -182,6 +183,8 @@ class NodeConfig:
             raise ConfigError("scp.tls: enabled but cert_file/key_file not set")
         if self.study.quiet_period_s < 0 or self.study.interrupted_quiet_period_s < 0:
             raise ConfigError("study.quiet_period_s and study.interrupted_quiet_period_s must be >= 0")
+        if self.spool.retention_days < 0:
+            raise ConfigError("spool.retention_days must be >= 0")
         if self.worker.concurrency < 1:
             raise ConfigError("worker.concurrency must be >= 1")
         if self.worker.study_timeout_s <= 0:

@@ -108,3 +108,32 @@ def test_static_models_check(tmp_path: Path) -> None:
 def test_short_reason() -> None:
     assert short_reason("a\n  b") == "a" and short_reason(None) == "" and short_reason("x  y") == "x y"
     assert short_reason("y" * 300).endswith("...") and len(short_reason("y" * 300)) == 160
+
+
+def test_cleanup_removes_only_finished_entries_past_retention(tmp_path: Path, capsys) -> None:
+    import os
+
+    from app.node.cleanup import clean_spool
+    from app.node.cli import main
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    old = time.time() - 40 * 86400
+    for folder in ("done", "sent", "undeliverable", "quarantine", "jobs", "outbox", "incoming"):
+        for name, stamp in (("old", old), ("new", None)):
+            entry = spool.root / folder / name
+            entry.mkdir()
+            (entry / "record.json").write_text("{}")
+            if stamp:
+                os.utime(entry / "record.json", (stamp, stamp))
+                os.utime(entry, (stamp, stamp))
+    dry = clean_spool(spool.root, 30, dry_run=True)
+    assert dry.count == 4 and (spool.root / "quarantine" / "old").exists()
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"scp: {{allowed_calling_aes: [PACS]}}\nspool: {{dir: {spool.root}, retention_days: 30}}\n")
+    assert main(["cleanup", "--config", str(cfg)]) == 0
+    assert "quarantine/     removed 1, kept 1" in capsys.readouterr().out
+    for folder in ("done", "sent", "undeliverable", "quarantine"):
+        assert sorted(p.name for p in (spool.root / folder).iterdir()) == ["new"]
+    for folder in ("jobs", "outbox", "incoming"):  # work in progress is never touched
+        assert sorted(p.name for p in (spool.root / folder).iterdir()) == ["new", "old"]
+    assert main(["cleanup", "--config", str(tmp_path / "nope.yaml")]) == 2
