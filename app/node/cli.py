@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
 from .config import ENV_PREFIX, ConfigError, config_reference, load_config
 
+CONFIG_ENV = "TSC_NODE_CONFIG"
 _CONFIG_HELP = f"""configuration:
   A YAML file with sections scp, spool, study, worker, outbox, logging.
   Any setting can be overridden by an environment variable
@@ -29,7 +31,8 @@ def add_serve_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPa
                     "send the results back.",
         epilog=_CONFIG_HELP + config_reference() + "\n\nSee docs/dicom-node.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "-c", help="YAML configuration file")
+    p.add_argument("--config", "-c", default=os.environ.get(CONFIG_ENV),
+                   help=f"YAML configuration file (default ${CONFIG_ENV})")
     p.set_defaults(func=main_serve)
     return p
 
@@ -47,8 +50,12 @@ def add_status_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
                "limits, undeliverable results); 2 the configuration or the spool cannot be read.\n\n"
                + _CONFIG_HELP + config_reference(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "-c", help="YAML configuration file (for spool.dir)")
+    p.add_argument("--config", "-c", default=os.environ.get(CONFIG_ENV),
+                   help=f"YAML configuration file (default ${CONFIG_ENV})")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--liveness", action="store_true",
+                   help="count only 'node not running' and 'worker cannot load its models' as problems "
+                        "(for a container health check or a restart policy)")
     p.add_argument("--check", action="store_true",
                    help="print one line for a monitor (OK: ... / PROBLEM: ...); same exit codes")
     p.add_argument("--max-wait", type=float, default=3600.0, metavar="S",
@@ -66,7 +73,8 @@ def add_cleanup_parser(subparsers: "argparse._SubParsersAction[argparse.Argument
         description="Apply the spool retention (spool.retention_days): remove entries of done/, sent/, "
                     "undeliverable/ and quarantine/ last changed longer ago. Work in progress is never "
                     "touched. Exit 0, or 2 when the configuration or spool cannot be read.")
-    p.add_argument("--config", "-c", help="YAML configuration file")
+    p.add_argument("--config", "-c", default=os.environ.get(CONFIG_ENV),
+                   help=f"YAML configuration file (default ${CONFIG_ENV})")
     p.add_argument("--older-than-days", type=float, default=None,
                    help="override spool.retention_days for this run")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
@@ -131,6 +139,8 @@ def main_status(args: argparse.Namespace) -> int:
     except (SpoolUnreadable, OSError) as exc:
         print(f"{'UNKNOWN: ' if args.check else ''}cannot read the spool: {exc}", file=sys.stderr)
         return STATUS_UNREADABLE
+    if args.liveness:
+        st.problems = list(st.liveness_problems)
     if args.json:
         print(json.dumps(st.as_dict(), indent=1))
     else:

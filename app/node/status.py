@@ -61,6 +61,7 @@ class NodeStatus:
         unsent: One line per unsent result set, with each destination's last error.
         failures: The most recent quarantined studies with their kind and a short reason.
         problems: Short sentences, one per condition that needs an operator.
+        liveness_problems: The subset about the node itself (not running, models not loaded).
     """
 
     node: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +80,7 @@ class NodeStatus:
     unsent: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    liveness_problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -289,11 +291,12 @@ def read_status(spool_dir: Path, max_failures: int = 10, *, models_dir: Path | N
 
     if not node_running:
         age = st.node.get("age_s")
-        st.problems.insert(0, "node not running" + ("" if age is None else
-                                                    f" (last heartbeat {_age(age)} ago)"))
+        st.liveness_problems.append("node not running" + ("" if age is None else
+                                                          f" (last heartbeat {_age(age)} ago)"))
     elif worker_error:
-        st.problems.insert(0, f"worker cannot start: {short_reason(worker_error, 300)}")
+        st.liveness_problems.append(f"worker cannot start: {short_reason(worker_error, 300)}")
     static = None if worker_ready or worker_error else models_problem(models_dir)
     if static:
-        st.problems.insert(0, static)
+        st.liveness_problems.append(static)
+    st.problems[:0] = st.liveness_problems
     return st

@@ -68,6 +68,7 @@ def test_old_waits_unsent_results_and_undeliverable_are_problems(tmp_path: Path)
     assert st.problems[0].startswith("study j1 waiting 2.0 h")
     assert "rejected" in st.problems[1] and st.problems[1].startswith("result r1 unsent for")
     assert st.problems[2].startswith("1 result sets undeliverable")
+    assert st.liveness_problems == []  # a container health check stays green: the node itself is fine
     assert st.unsent[0]["destinations"]["PACS@10.0.0.5_104"]["attempts"] == 7
     assert "7 attempts: association with PACS@10.0.0.5:104 rejected" in st.as_text()
     assert read_status(spool.root, thresholds=Thresholds(max_wait_s=1e6, max_unsent_age_s=1e6),
