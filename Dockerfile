@@ -1,71 +1,108 @@
-# The container a site deploys: the MONAI Deploy application (`python -m app`, MAP
-# conventions) and the DICOM node (`python -m app serve`).
+# The site image: the MONAI Deploy application (`python -m app`, MAP conventions) and the
+# DICOM node (`python -m app serve`). CPU first; CUDA with --build-arg TORCH_VARIANT=cu128.
 #
-#   docker build -t tsc-epilepsy-outcome:0.1.0 .
-#   # with HD-BET weights fetched at build time (check the weights' licence first; SHA-256 required; see docs/deployment.md):
+#   docker build -t tsc-epilepsy-outcome:0.1.0 .                                  # CPU, no models
+#   docker build --build-arg DEMO_MODELS=yes -t tsc-epilepsy-outcome:0.1.0-demo .  # + synthetic demo set
+#   docker build --build-arg TORCH_VARIANT=cu128 -t tsc-epilepsy-outcome:0.1.0-cuda .
+#   # HD-BET weights fetched at build time (check the weights' licence first; SHA-256 required):
 #   docker build --build-arg HDBET_WEIGHTS_URL='https://zenodo.org/records/14445620/files/release_v1.5.0.zip?download=1' \
 #                --build-arg HDBET_WEIGHTS_SHA256=<sha256 of that zip> -t tsc-epilepsy-outcome:0.1.0 .
-#   # GPU hosts: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 #
-# The same install steps (scripts/install.sh) are exercised by CI outside Docker. Run with
-# `--ulimit stack=33554432`; full guide (MAP packaging too): docs/deployment.md.
-FROM python:3.11-slim-bookworm
+# Python packages: torch from the PyTorch index of the variant, then every other runtime
+# package at its tested version from packaging/requirements-runtime.txt with --no-deps
+# (no resolution at build time; the MAP packager, cupy and training/ are not in the image).
+# tests/unit/test_runtime_image.py checks these steps without a Docker engine.
+# Run with `--ulimit stack=33554432`. Full guide: docs/deployment.md.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG DEMO_MODELS=no
 
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# --- Python environment (build tools stay in this stage) ---------------------------------
+FROM ${PYTHON_IMAGE} AS venv
+ARG TORCH_VARIANT=cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install "pip==26.3"
+COPY packaging/requirements-runtime.txt /tmp/requirements-runtime.txt
+# CPU: torch alone (its dependencies are in the lock). CUDA: torch with the NVIDIA runtime
+# wheels it depends on, from the same index.
+RUN if [ "${TORCH_VARIANT}" = "cpu" ]; then \
+      /opt/venv/bin/pip install --no-deps --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"; \
+    else \
+      /opt/venv/bin/pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
+        --extra-index-url https://pypi.org/simple "torch==2.13.0"; \
+    fi \
+ && /opt/venv/bin/pip install --no-deps -r /tmp/requirements-runtime.txt \
+ && /opt/venv/bin/pip uninstall -y pip
+
+# --- model set: the synthetic demo set only when asked for ---------------------------------
+FROM scratch AS models-no
+COPY packaging/no-models/ /models/
+FROM scratch AS models-yes
+COPY models/ /models/
+FROM models-${DEMO_MODELS} AS models
+
+# --- optional HD-BET weights: fetched and verified here, so curl/unzip stay out of the image -
+FROM ${PYTHON_IMAGE} AS hdbet
 ARG HDBET_WEIGHTS_URL=""
 ARG HDBET_WEIGHTS_SHA256=""
-ARG APP_UID=1000
-
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 curl unzip ca-certificates \
- && rm -rf /var/lib/apt/lists/*
-
-WORKDIR /opt/tsc
-COPY pyproject.toml README.md ./
-COPY app ./app
-COPY operators ./operators
-COPY training ./training
-COPY synthetic ./synthetic
-RUN pip install --upgrade "pip>25.1" \
- && pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0" \
- && pip install .
-
-COPY models ./models
-# HD-BET weights are a separate public download (not redistributed here). When a URL is
-# given they are fetched, verified and laid out as models/hd_bet/release_2.0.0/...;
-# without them the app uses its weight-free brain extraction and says so in every report.
-# The checksum is mandatory with the URL: an unverified download must not reach a clinical image.
-RUN if [ -n "${HDBET_WEIGHTS_URL}" ]; then \
+RUN mkdir -p /hd_bet && if [ -n "${HDBET_WEIGHTS_URL}" ]; then \
       if [ -z "${HDBET_WEIGHTS_SHA256}" ]; then \
         echo "HDBET_WEIGHTS_SHA256 is required with HDBET_WEIGHTS_URL (see docs/deployment.md)" >&2; exit 1; \
       fi \
+      && apt-get update && apt-get install -y --no-install-recommends curl unzip \
       && curl -fsSL -o /tmp/hdbet.zip "${HDBET_WEIGHTS_URL}" \
       && echo "${HDBET_WEIGHTS_SHA256}  /tmp/hdbet.zip" | sha256sum -c - \
-      && mkdir -p models/hd_bet/release_2.0.0 \
-      && unzip -q /tmp/hdbet.zip -d models/hd_bet/release_2.0.0 \
-      && rm /tmp/hdbet.zip \
-      && test -f models/hd_bet/release_2.0.0/dataset.json \
-      && test -f models/hd_bet/release_2.0.0/plans.json \
-      && test -f models/hd_bet/release_2.0.0/fold_all/checkpoint_final.pth; \
+      && mkdir -p /hd_bet/release_2.0.0 && unzip -q /tmp/hdbet.zip -d /hd_bet/release_2.0.0 \
+      && test -f /hd_bet/release_2.0.0/dataset.json \
+      && test -f /hd_bet/release_2.0.0/plans.json \
+      && test -f /hd_bet/release_2.0.0/fold_all/checkpoint_final.pth; \
     fi
 
-RUN useradd --create-home --uid "${APP_UID}" tsc \
- && mkdir -p /var/holoscan/input /var/holoscan/output /var/lib/tsc-node \
- && chown -R tsc:tsc /var/holoscan /var/lib/tsc-node
-USER tsc
+# --- the image ---------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+ARG APP_UID=1000
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="TSC epilepsy outcome (research use only)" \
+      org.opencontainers.image.description="MONAI Deploy application and DICOM node: one-year antiseizure-medication outcome from pre-treatment brain MRI in children with TSC. Not for diagnosis." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.documentation="docs/deployment.md"
 
-ENV HOLOSCAN_INPUT_PATH=/var/holoscan/input \
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/opt/tsc \
+    HOLOSCAN_INPUT_PATH=/var/holoscan/input \
     HOLOSCAN_OUTPUT_PATH=/var/holoscan/output \
     HOLOSCAN_MODEL_PATH=/opt/tsc/models \
+    TSC_NODE_CONFIG=/etc/tsc-node/node.yaml \
     MPLCONFIGDIR=/tmp/matplotlib
+
+# libgomp1: OpenMP runtime of SimpleITK/scipy wheels. Nothing else: no compilers, curl or unzip.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --create-home --uid "${APP_UID}" tsc \
+ && mkdir -p /var/holoscan/input /var/holoscan/output /var/lib/tsc-node /etc/tsc-node \
+ && chown -R tsc:tsc /var/holoscan /var/lib/tsc-node
+
+COPY --from=venv /opt/venv /opt/venv
+WORKDIR /opt/tsc
+COPY app ./app
+COPY operators ./operators
+COPY synthetic ./synthetic
+COPY --from=models /models ./models
+COPY --from=hdbet /hd_bet ./models/hd_bet
+COPY app/node/node.example.yaml /etc/tsc-node/node.yaml
+USER tsc
 
 # DICOM node (`serve`): default C-STORE/C-ECHO port of app/node's configuration.
 EXPOSE 11112
+
+# Node containers (`serve`): healthy while the node runs and its worker has loaded the models
+# (status --liveness reads the heartbeat in the spool; configuration from $TSC_NODE_CONFIG).
+# One-study runs are not checked.
+HEALTHCHECK --interval=60s --timeout=30s --start-period=900s --retries=3 \
+  CMD ["/bin/sh", "-c", "grep -q serve /proc/1/cmdline || exit 0; python -m app status --liveness --check || exit 1"]
 
 # Holoscan asks for a 32 MiB stack; `ulimit -s` must be raised in the shell that execs Python.
 ENTRYPOINT ["/bin/sh", "-c", "ulimit -s 32768 2>/dev/null; exec python -m app \"$@\"", "--"]
