@@ -53,19 +53,33 @@ def _card_text(config, workdir: Path, evaluation: Path | None, size_mb: float | 
                              size_mb, data)
 
 
+def _app_config(args: argparse.Namespace) -> Any:
+    """The app's configuration (``--app-config``), with ``--brain-extraction``/``--device`` overriding it."""
+    from dataclasses import replace
+
+    from app.config import load_app_config
+
+    cfg = load_app_config(getattr(args, "app_config", None))
+    overrides = {k: v for k, v in (("brain_extraction", getattr(args, "brain_extraction", None)),
+                                   ("device", getattr(args, "device", None))) if v is not None}
+    return replace(cfg, **overrides)
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.prepare import prepare_studies
 
     config = load_config(args.config)
-    done, failed = prepare_studies(Path(args.studies), Path(args.out), config.grids,
-                                   labels_csv=Path(args.labels) if args.labels else None,
-                                   progress=not args.no_progress, overwrite=args.overwrite,
-                                   brain_extraction=args.brain_extraction, device=args.device)
-    print(f"prepared {done} case(s); {len(failed)} failed")
-    for sid, reason in failed.items():
-        print(f"  {sid}: {reason}")
-    return 0 if done else 1
+    res = prepare_studies(Path(args.studies), Path(args.out), config.grids,
+                          labels_csv=Path(args.labels) if args.labels else None,
+                          progress=not args.no_progress, overwrite=args.overwrite, app_config=_app_config(args))
+    print(f"prepared {res.done} case(s) ({res.labels[1]} uncontrolled, {res.labels[0]} controlled); "
+          f"{len(res.failed)} failed; {len(res.clinical_missing)} without a usable clinical record")
+    for sid, reason in res.failed.items():
+        print(f"  failed {sid}: {reason}")
+    for sid, reason in res.clinical_missing.items():
+        print(f"  no clinical record {sid}: {reason}")
+    return 0 if res.done else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -182,15 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--cases", required=True, help="folder of prepared case files (.npz)")
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    def site_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--app-config", help="the app's configuration file (series rules, clinical lookup "
+                        "table, brain extraction, HD-BET weights), as used in deployment")
+        sp.add_argument("--brain-extraction", default=None, choices=("auto", "hd-bet", "fallback"),
+                        help="override the app configuration's brain_extraction")
+        sp.add_argument("--device", default=None, help="override the app configuration's device")
+
     sp = sub.add_parser("prepare", help="study folders -> case files")
     common(sp)
     sp.add_argument("--studies", required=True, help="folder of study folders (<sid>/input[, <sid>/truth])")
     sp.add_argument("--out", required=True, help="case folder to write")
     sp.add_argument("--labels", help="CSV case_id,label (else each study's truth/truth.json)")
     sp.add_argument("--overwrite", action="store_true", help="redo cases that already exist")
-    sp.add_argument("--brain-extraction", default="auto", choices=("auto", "hd-bet", "fallback"),
-                    help="as the app's brain_extraction setting (use the same as in deployment)")
-    sp.add_argument("--device", default="auto")
+    site_args(sp)
     sp.set_defaults(func=cmd_prepare)
 
     def train_args(sp: argparse.ArgumentParser) -> None:
@@ -223,10 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cases", help="folder of prepared case files (.npz)")
     sp.add_argument("--studies", help="folder of study folders, run through the app's own pipeline")
     sp.add_argument("--labels", help="CSV case_id,label (with --studies; else each study's truth/truth.json)")
-    sp.add_argument("--brain-extraction", default="auto", choices=["auto", "hd-bet", "fallback"])
+    site_args(sp)
     sp.add_argument("--model-set", required=True)
     sp.add_argument("--out", required=True)
-    sp.add_argument("--device", default="auto")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("card", help="(re)write MODEL_CARD.md of a model set")
