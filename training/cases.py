@@ -79,17 +79,42 @@ def list_cases(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.npz") if not p.name.startswith("."))
 
 
+class LabelsError(ValueError):
+    """A labels CSV that cannot be used (names the file, row and field)."""
+
+
 def read_labels_csv(path: str | Path) -> dict[str, int]:
-    """``case_id,label`` CSV -> mapping (labels 0/1)."""
+    """``case_id,label`` CSV -> mapping (labels 0/1).
+
+    Raises:
+        LabelsError: Unreadable file, missing column, or a bad row (file, row number and field named).
+    """
     import csv
 
+    path = Path(path)
     out: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for row in csv.DictReader(f):
-            label = int(row["label"])
-            if label not in (0, 1):
-                raise ValueError(f"{Path(path).name}: label for {row['case_id']} must be 0 or 1")
-            out[row["case_id"].strip()] = label
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = {"case_id", "label"} - set(reader.fieldnames or ())
+            if missing:
+                raise LabelsError(f"{path.name}: missing column(s) {', '.join(sorted(missing))} "
+                                  f"(header must have case_id,label)")
+            for row in reader:
+                where = f"{path.name} row {reader.line_num}"
+                case_id = (row.get("case_id") or "").strip()
+                if not case_id:
+                    raise LabelsError(f"{where}: case_id is empty")
+                value = (row.get("label") or "").strip()
+                if value not in ("0", "1"):
+                    raise LabelsError(f"{where} (case {case_id}): label must be 0 or 1, got {value!r}")
+                if case_id in out:
+                    raise LabelsError(f"{where}: case {case_id} is listed twice")
+                out[case_id] = int(value)
+    except OSError as exc:
+        raise LabelsError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise LabelsError(f"{path.name}: not UTF-8 text") from exc
     return out
 
 

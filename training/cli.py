@@ -82,17 +82,35 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0 if res.done else 1
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from training.config import load_config
-    from training.trainer import train
+def _config(args: argparse.Namespace) -> Any:
+    """The training config with ``--folds``/``--epochs`` applied; for later steps, the work folder's copy."""
+    from training.config import apply_overrides, load_config, parse_config
 
     config = load_config(args.config)
-    res = train(config, args.cases, args.workdir, members=args.members, device=args.device,
+    config = apply_overrides(config, getattr(args, "folds", None), getattr(args, "epochs", None))
+    saved = Path(args.workdir) / "config.yaml" if getattr(args, "workdir", None) else None
+    if saved is not None and saved.is_file() and not (getattr(args, "folds", None) or getattr(args, "epochs", None)):
+        import yaml
+
+        overrides = (yaml.safe_load(saved.read_text()) or {}).get("overrides")
+        if overrides:  # fuse/export/card after `train --folds/--epochs`: the same overrides apply
+            config = apply_overrides(config, overrides.get("folds"),
+                                     ",".join(f"{k}={v}" for k, v in (overrides.get("epochs") or {}).items()) or None)
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.trainer import interrupted, train
+
+    config = _config(args)
+    res = train(config, args.cases, args.workdir, members=args.members, device=args.device or "auto",
                 progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
     for m, folds in res.items():
         done = [f for f in folds if "best_val_auc" in f]
-        aucs = ", ".join(f"{f['best_val_auc']:.3f}" for f in done)
-        print(f"{m}: {len(done)}/{len(folds)} folds finished; best validation AUC per fold: {aucs}")
+        aucs = ", ".join(f"{f['outer_auc']:.3f}" if f.get("outer_auc") is not None else "n/a" for f in done)
+        print(f"{m}: {len(done)}/{len(folds)} folds finished; out-of-fold AUC per fold: {aucs}")
+    if interrupted(res):
+        print("stopped early (--stop-after-epochs); run the same command again to continue")
     return 0
 
 
@@ -100,7 +118,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.evaluation import fuse_oof
 
-    res = fuse_oof(load_config(args.config), args.workdir)
+    res = fuse_oof(_config(args), args.workdir)
     for name, e in res["ensembles"].items():
         print(f"{name}: weights {e['weights']} ({e['weight_rule']}), OOF AUC {e['oof_metrics']['auc']:.3f}; "
               f"searched {e['searched_weights']} (AUC {e['searched_oof_auc']:.3f})")
@@ -114,7 +132,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import MemberExport, ModelSetExport, ensembles_mapping, write_model_set
     from training.trainer import fold_weight_files
 
-    config = load_config(args.config)
+    config = _config(args)
     workdir = Path(args.workdir)
     fusion = json.loads((workdir / "fusion.json").read_text())
     members = [MemberExport(m.name, m.architecture, m.hyperparameters, m.input_key,
@@ -176,7 +194,14 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    cmd_train(args)
+    from training.trainer import interrupted, train
+
+    res = train(_config(args), args.cases, args.workdir, members=args.members, device=args.device or "auto",
+                progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
+    if interrupted(res):
+        print("stopped early (--stop-after-epochs); run the same command again to continue "
+              "(fuse and export follow when every fold is finished)")
+        return 0
     cmd_fuse(args)
     return cmd_export(args)
 
@@ -212,9 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     site_args(sp)
     sp.set_defaults(func=cmd_prepare)
 
+    def override_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--folds", type=int, help="number of cross-validation folds (overrides the config; "
+                        "reported in the card)")
+        sp.add_argument("--epochs", help="epochs for every recipe (N) or per recipe (wae=12,etsc=20); overrides "
+                        "the config, reported in the card")
+
     def train_args(sp: argparse.ArgumentParser) -> None:
+        override_args(sp)
         sp.add_argument("--members", nargs="*", help="only these members")
-        sp.add_argument("--device", default="auto")
+        sp.add_argument("--device", default=None, help="auto (default), cpu, cuda")
         sp.add_argument("--stop-after-epochs", type=int, default=None,
                         help="stop each fold after this many epochs in this run (resume later)")
 
@@ -264,16 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # Quiet by default: the app's per-study INFO lines would bury the progress bars; warnings still show.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted; state is saved after every epoch: run the same command again to continue",
+              file=sys.stderr)
+        return 130
     except Exception as exc:  # noqa: BLE001 - one clear line for expected failures
         from operators.errors import PipelineError
+        from training.cases import LabelsError
         from training.config import TrainingConfigError
         from training.trainer import TrainingError
 
-        if isinstance(exc, (PipelineError, TrainingConfigError, TrainingError, FileNotFoundError)):
+        if isinstance(exc, (PipelineError, TrainingConfigError, TrainingError, FileNotFoundError, LabelsError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

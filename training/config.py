@@ -74,7 +74,8 @@ class EnsembleConfig:
     name: str
     members: tuple[str, ...]
     weights: str | dict[str, float]  # "equal", "search" or explicit
-    threshold: float = 0.5
+    threshold: float = 0.5  # the fixed threshold, or the fallback when the rule cannot be applied
+    threshold_rule: dict[str, Any] | None = None  # {"rule": "youden"} or {"rule": "sensitivity", "target": 0.9}
 
 
 @dataclass
@@ -112,6 +113,65 @@ def load_config(path_or_preset: str | Path) -> TrainingConfig:
     except (OSError, yaml.YAMLError) as exc:
         raise TrainingConfigError(f"{path}: cannot be read ({exc})") from exc
     return parse_config(data, source=str(path))
+
+
+def _threshold(value: Any, err: Any, where: str) -> tuple[float, dict[str, Any] | None]:
+    """``threshold:`` as a number (fixed), ``youden`` or ``{rule: sensitivity, target: 0.9}``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not 0.0 < float(value) < 1.0:
+            raise err(where, f"must be between 0 and 1, got {value}")
+        return float(value), None
+    rule = {"rule": value} if isinstance(value, str) else dict(value) if isinstance(value, Mapping) else None
+    if rule is None or rule.get("rule") not in ("youden", "sensitivity", "specificity"):
+        raise err(where, "must be a number, 'youden' or {rule: sensitivity|specificity, target: 0.9}")
+    if rule["rule"] != "youden":
+        try:
+            rule["target"] = float(rule["target"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise err(f"{where}.target", "a number between 0 and 1 is needed for this rule") from exc
+        if not 0.0 < rule["target"] < 1.0:
+            raise err(f"{where}.target", f"must be between 0 and 1, got {rule['target']}")
+    return 0.5, rule
+
+
+def apply_overrides(config: TrainingConfig, folds: int | None = None, epochs: str | None = None) -> TrainingConfig:
+    """Return ``config`` with ``--folds``/``--epochs`` applied (recorded in ``raw["overrides"]`` for the card).
+
+    Args:
+        folds: Number of cross-validation folds.
+        epochs: ``"N"`` (every recipe) or ``"recipe=N,recipe=N"``.
+
+    Raises:
+        TrainingConfigError: A bad value, or an unknown recipe name.
+    """
+    raw = dict(config.raw)
+    overrides: dict[str, Any] = {}
+    if folds is not None:
+        if folds < 2:
+            raise TrainingConfigError(f"--folds: at least 2, got {folds}")
+        raw["folds"] = folds
+        overrides["folds"] = folds
+    if epochs:
+        recipes = {k: dict(v) for k, v in (raw.get("recipes") or {}).items()}
+        try:
+            if "=" in epochs:
+                wanted = {k.strip(): int(v) for k, v in (item.split("=", 1) for item in epochs.split(","))}
+            else:
+                wanted = {k: int(epochs) for k in recipes}
+        except ValueError as exc:
+            raise TrainingConfigError(f"--epochs {epochs!r}: use N or recipe=N[,recipe=N]") from exc
+        unknown = sorted(set(wanted) - set(recipes))
+        if unknown or any(v < 1 for v in wanted.values()):
+            raise TrainingConfigError(f"--epochs {epochs!r}: unknown recipe(s) {unknown} (have {sorted(recipes)}) "
+                                      "or epochs < 1")
+        for k, v in wanted.items():
+            recipes[k]["epochs"] = v
+        raw["recipes"] = recipes
+        overrides["epochs"] = wanted
+    if not overrides:
+        return config
+    raw["overrides"] = {**(raw.get("overrides") or {}), **overrides}
+    return parse_config(raw, source=config.source)
 
 
 def parse_config(data: Any, source: str = "config") -> TrainingConfig:
@@ -169,7 +229,10 @@ def parse_config(data: Any, source: str = "config") -> TrainingConfig:
                 raise err(f"{where}.weights", "explicit weights must cover the members and sum to 1")
         elif weights not in ("equal", "search"):
             raise err(f"{where}.weights", "must be 'equal', 'search' or a mapping")
-        ensembles[ename] = EnsembleConfig(ename, names, weights, float(e.get("threshold", 0.5)))
+        threshold, rule = _threshold(e.get("threshold", 0.5), err, f"{where}.threshold")
+        ensembles[ename] = EnsembleConfig(ename, names, weights, threshold, rule)
+    if "name" not in data or not str(data["name"]).strip():
+        raise err("name", "missing: the model set's name (e.g. name: site-epilepsy-v1)")
     primary = data.get("primary")
     if primary not in ensembles:
         raise err("primary", f"{primary!r} is not an ensemble")

@@ -89,6 +89,14 @@ def threshold_metrics(labels: Sequence[int], scores: Sequence[float], threshold:
     return float(acc), float(sen), float(spe)
 
 
+def log_loss(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Mean binary cross-entropy (scikit-learn ``log_loss``; probabilities clipped to [1e-7, 1 - 1e-7])."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    y, s = _arrays(labels, scores)
+    return float(sk_log_loss(y, np.clip(s, 1e-7, 1 - 1e-7), labels=[0, 1]))
+
+
 def brier(labels: Sequence[int], scores: Sequence[float]) -> float:
     """Mean squared error of the probabilities."""
     y, s = _arrays(labels, scores)

@@ -3,10 +3,20 @@
 Work folder layout (everything needed to resume)::
 
     workdir/config.yaml                 the training config used (a resume must use the same)
-    workdir/split.json                  case ids per fold (stratified by label, fixed by the seed)
+    workdir/split.json                  case ids per outer fold and each fold's inner validation cases
     workdir/members/<m>/fold<k>.state.pt   last completed epoch: model, optimiser, best so far, history
-    workdir/members/<m>/fold<k>.best.pt    state_dict of the best-validation-AUC epoch (fold finished)
-    workdir/members/<m>/fold<k>.oof.json   that model's predictions on the fold's validation cases
+    workdir/members/<m>/fold<k>.best.pt    state_dict of the best-inner-validation-AUC epoch (fold finished)
+    workdir/members/<m>/fold<k>.oof.json   that model's predictions on the outer fold's cases
+
+Scheme (nested, no selection on the predictions that are reported): the cases are
+split into ``folds`` outer folds by ``StratifiedGroupKFold`` (stratified by label,
+grouped by the pseudonymous patient key so that repeat studies of one child stay
+in one fold). For outer fold k, the remaining cases are split once more in the
+same way into an inner training part and an inner validation part (1/``folds``
+of them). The network is trained on the inner training part; the epoch is
+chosen by AUC on the inner validation part; only the chosen model then predicts
+the outer fold, once. Those predictions are the out-of-fold predictions that
+calibration, fusion, threshold and metrics use (``training.evaluation``).
 
 Each epoch seeds torch and numpy from (seed, member, fold, epoch), so a run
 resumed from a state file continues exactly as an uninterrupted run would.
@@ -24,7 +34,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +47,7 @@ from operators.networks import build_network
 from training.cases import check_grids, list_cases, load_case
 from training.config import MemberConfig, TrainingConfig
 from training.losses import make_loss
-from training.metrics import auc
+from training.metrics import auc, log_loss
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +61,7 @@ def _seed(*parts: Any) -> int:
 
 
 def stratified_folds(labels: Sequence[int], k: int, seed: int) -> list[list[int]]:
-    """Validation indices per fold, stratified by label, deterministic from ``seed``."""
+    """Previous split (label-stratified, not grouped); kept for comparison and old work folders."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     folds: list[list[int]] = [[] for _ in range(k)]
@@ -63,6 +73,31 @@ def stratified_folds(labels: Sequence[int], k: int, seed: int) -> list[list[int]
             folds[(j + offset) % k].append(int(i))
         offset += len(idx)
     return [sorted(f) for f in folds]
+
+
+def grouped_folds(labels: Sequence[int], groups: Sequence[str], k: int, seed: int) -> list[list[int]]:
+    """Indices per fold from ``StratifiedGroupKFold`` (label-stratified, one group never split).
+
+    Raises:
+        TrainingError: Too few groups of a class for ``k`` folds, or a fold without both classes
+            (its counts are named).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.asarray(labels)
+    for cls in (0, 1):
+        n_groups = len({g for g, lab in zip(groups, y) if lab == cls})
+        if n_groups < k:
+            raise TrainingError(f"class {cls}: {n_groups} patient(s), need at least {k} for {k} folds "
+                                "(use fewer --folds or more cases)")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = [sorted(int(i) for i in test) for _, test in splitter.split(np.zeros(len(y)), y, groups)]
+    for j, f in enumerate(folds):
+        n_pos = int(y[f].sum())
+        if n_pos == 0 or n_pos == len(f):
+            raise TrainingError(f"fold {j}: {n_pos} uncontrolled and {len(f) - n_pos} controlled cases; "
+                                "each fold needs both classes (use fewer --folds or more cases)")
+    return folds
 
 
 @dataclass
@@ -124,16 +159,32 @@ def _predict(net: torch.nn.Module, x: torch.Tensor, device: torch.device, batch:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:  # an interruption (Ctrl-C) inside torch.save leaves no partial file behind
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, val_idx: np.ndarray,
                fold: int, folder: Path, seed: int, device: torch.device, progress: bool = True,
-               stop_after_epochs: int | None = None) -> dict[str, Any]:
+               stop_after_epochs: int | None = None, outer_idx: np.ndarray | None = None) -> dict[str, Any]:
     """Train one fold (resuming from its state file) and write its best weights and OOF predictions.
 
     Args:
+        train_idx: Cases the network is trained on (the inner training part).
+        val_idx: Cases the epoch is chosen on (the inner validation part).
+        outer_idx: The outer fold's cases, predicted once by the chosen model (the out-of-fold
+            predictions). None: the validation cases (the previous, optimistic scheme; tests only).
         stop_after_epochs: Stop (as if interrupted) after this many epochs in this
             call; the state file allows resuming. For tests and time-boxed runs.
 
@@ -167,7 +218,7 @@ def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, va
     x_val, y_val = data.x[val_idx], data.labels[val_idx]
     epochs_this_call = 0
     bar = tqdm(range(state["epoch"], recipe.epochs), desc=f"{member.name} fold {fold}", unit="epoch",
-               initial=state["epoch"], total=recipe.epochs, disable=not progress, leave=False)
+               initial=state["epoch"], total=recipe.epochs, disable=not progress, leave=False, position=1)
     for epoch in bar:
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             bar.close()
@@ -194,8 +245,7 @@ def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, va
             losses.append(float(loss.item()))
         p_val = _predict(net, x_val, device)
         val_auc = auc(y_val, p_val) if len(set(y_val.tolist())) == 2 else float("nan")
-        val_loss = float(np.mean(-(y_val * np.log(np.clip(p_val, 1e-7, 1)) +
-                                   (1 - y_val) * np.log(np.clip(1 - p_val, 1e-7, 1)))))
+        val_loss = log_loss(y_val, p_val)
         score = -1.0 if math.isnan(val_auc) else val_auc
         if score > state["best_auc"] or (score == state["best_auc"] and val_loss < state["best_loss"]):
             state.update(best_auc=score, best_loss=val_loss, best_epoch=epoch + 1,
@@ -212,27 +262,43 @@ def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, va
     best = state["best_model"] or {k: v.cpu() for k, v in net.state_dict().items()}
     net.load_state_dict(best)
     _atomic_save(best, best_path)
-    p_val = _predict(net, x_val, device)
+    outer = val_idx if outer_idx is None else outer_idx
+    y_out = data.labels[outer]
+    p_out = _predict(net, data.x[outer], device)
     summary = {"fold": fold, "best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
                "epochs": state["epoch"], "seconds": round(state["seconds"], 1), "n_train": int(len(train_idx)),
-               "n_val": int(len(val_idx))}
-    oof = {"summary": summary, "case_ids": [data.case_ids[i] for i in val_idx], "labels": y_val.tolist(),
-           "scores": p_val.tolist(), "history": state["history"]}
-    tmp = oof_path.with_name(f".{oof_path.name}.tmp")
-    tmp.write_text(json.dumps(oof, indent=1))
-    os.replace(tmp, oof_path)
-    logger.info("%s fold %d: best epoch %d, validation AUC %.3f", member.name, fold, state["best_epoch"],
-                state["best_auc"])
+               "n_val": int(len(val_idx)), "n_outer": int(len(outer)),
+               "n_outer_positive": int(y_out.sum()),
+               "outer_auc": auc(y_out, p_out) if len(set(y_out.tolist())) == 2 else None,
+               "selection": "inner validation" if outer_idx is not None else "outer fold (optimistic)"}
+    oof = {"summary": summary, "case_ids": [data.case_ids[i] for i in outer], "labels": y_out.tolist(),
+           "scores": p_out.tolist(), "history": state["history"]}
+    _atomic_write_text(json.dumps(oof, indent=1), oof_path)
+    logger.debug("%s fold %d: best epoch %d, inner validation AUC %.3f", member.name, fold, state["best_epoch"],
+                 state["best_auc"])
     return summary
 
 
-def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> dict[str, list[str]]:
-    """Create or check the work folder (config copy and fold split); return the split (fold -> case ids)."""
+# Config keys that do not change the trained networks (fusion, threshold and wording are re-done by fuse/export).
+_NOT_TRAINING_KEYS = ("name", "version", "notes", "intended_use", "ensembles", "primary", "calibration")
+
+
+def _training_keys(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in raw.items() if k not in _NOT_TRAINING_KEYS}
+
+
+def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> dict[str, Any]:
+    """Create or check the work folder (config copy and nested fold split); return the split.
+
+    The split holds, per outer fold, its case ids (``folds``) and the inner validation case ids
+    chosen from the other folds (``inner_validation``), plus class counts per fold.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "config.yaml"
     if cfg_path.is_file():
-        if yaml.safe_load(cfg_path.read_text()) != config.raw:
-            raise TrainingError(f"{workdir}: was started with a different config; use a new work folder")
+        if _training_keys(yaml.safe_load(cfg_path.read_text())) != _training_keys(config.raw):
+            raise TrainingError(f"{workdir}: was started with a different config (or other --folds/--epochs); "
+                                "use a new work folder")
     else:
         cfg_path.write_text(yaml.safe_dump(config.raw, sort_keys=False))
     files = list_cases(cases_dir)
@@ -240,54 +306,93 @@ def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> d
         raise TrainingError(f"{cases_dir}: {len(files)} cases, need at least {2 * config.folds} for "
                             f"{config.folds} folds")
     split_path = workdir / "split.json"
-    ids, labels = [], []
+    ids, labels, groups = [], [], []
     for f in files:
-        case = load_case(f, keys=[])
-        check_grids(case.meta, config.grids, f.name)
+        try:
+            case = load_case(f, keys=[])
+            check_grids(case.meta, config.grids, f.name)
+        except ValueError as exc:
+            raise TrainingError(f"{exc} (prepare the cases again with this config)") from exc
         ids.append(case.case_id)
         labels.append(case.label)
+        groups.append(case.meta.get("patient_key") or case.case_id)
     if split_path.is_file():
         split = json.loads(split_path.read_text())
+        if "inner_validation" not in split:
+            raise TrainingError(f"{split_path}: made by an older version without inner validation; "
+                                "use a new work folder")
         if sorted(c for f in split["folds"] for c in f) != sorted(ids):
             raise TrainingError(f"{workdir}: the case set changed since the split was made")
         return split
-    folds = stratified_folds(labels, config.folds, config.seed)
-    split = {"seed": config.seed, "folds": [[ids[i] for i in f] for f in folds]}
+    y = np.asarray(labels)
+    outer = grouped_folds(y, groups, config.folds, config.seed)
+    folds, inner, counts = [], [], []
+    for k, test in enumerate(outer):
+        rest = np.setdiff1d(np.arange(len(ids)), test)
+        inner_folds = grouped_folds(y[rest], [groups[i] for i in rest], config.folds, _seed(config.seed, "inner", k))
+        inner_val = rest[inner_folds[0]]
+        folds.append([ids[i] for i in test])
+        inner.append([ids[i] for i in sorted(inner_val)])
+        counts.append({"outer": {"n": len(test), "uncontrolled": int(y[test].sum())},
+                       "inner_validation": {"n": len(inner_val), "uncontrolled": int(y[inner_val].sum())},
+                       "inner_training": {"n": len(rest) - len(inner_val),
+                                          "uncontrolled": int(y[rest].sum() - y[inner_val].sum())}})
+    split = {"seed": config.seed, "scheme": "nested StratifiedGroupKFold (group = patient key)",
+             "n_patients": len(set(groups)), "folds": folds, "inner_validation": inner, "counts": counts}
     split_path.write_text(json.dumps(split, indent=1))
     return split
 
 
 def train(config: TrainingConfig, cases_dir: str | Path, workdir: str | Path, members: Sequence[str] | None = None,
           device: str = "auto", progress: bool = True, stop_after_epochs: int | None = None) -> dict[str, Any]:
-    """Train every (or the named) member with k-fold cross-validation.
+    """Train every (or the named) member with nested k-fold cross-validation (see the module docstring).
 
     Returns:
-        Member -> list of fold summaries.
+        Member -> list of fold summaries (``{"interrupted_after_epoch": n}`` for a fold stopped early).
     """
     cases_dir, workdir = Path(cases_dir), Path(workdir)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     if dev.type == "cpu":
-        torch.set_num_threads(cpu_quota())
+        torch.set_num_threads(int(os.environ.get("TSC_TRAIN_THREADS", 0)) or cpu_quota())
+    names = list(members or config.members)
+    unknown = [n for n in names if n not in config.members]
+    if unknown:
+        raise TrainingError(f"unknown member(s) {unknown}; the config has {list(config.members)}")
     split = prepare_workdir(config, cases_dir, workdir)
     files = list_cases(cases_dir)
     fold_of = {cid: k for k, ids in enumerate(split["folds"]) for cid in ids}
+    inner_of = [set(v) for v in split["inner_validation"]]
     results: dict[str, Any] = {}
-    for name in members or list(config.members):
-        if name not in config.members:
-            raise TrainingError(f"unknown member {name!r}")
+    overall = tqdm(total=len(names) * config.folds, desc="training (member folds)", unit="fold",
+                   disable=not progress, position=0)
+    for name in names:
         member = config.members[name]
         data = MemberData.load(member, files)
         folds_of_cases = np.array([fold_of[c] for c in data.case_ids])
         results[name] = []
         for k in range(config.folds):
-            val_idx = np.flatnonzero(folds_of_cases == k)
-            train_idx = np.flatnonzero(folds_of_cases != k)
-            if len(val_idx) == 0 or len(train_idx) < 2:
-                raise TrainingError(f"member {name} fold {k}: not enough cases")
+            overall.set_postfix_str(f"{name} fold {k}")
+            outer_idx = np.flatnonzero(folds_of_cases == k)
+            rest = np.flatnonzero(folds_of_cases != k)
+            is_inner = np.array([data.case_ids[i] in inner_of[k] for i in rest], dtype=bool)
+            train_idx, val_idx = rest[~is_inner], rest[is_inner]
+            for part, idx in (("outer fold", outer_idx), ("inner validation", val_idx)):
+                if len(set(data.labels[idx].tolist())) < 2:
+                    raise TrainingError(f"member {name} fold {k}: the {part} has {len(idx)} case(s) of one "
+                                        "class only (too few usable cases for this member)")
+            if len(train_idx) < 2:
+                raise TrainingError(f"member {name} fold {k}: not enough training cases")
             results[name].append(train_fold(member, data, train_idx, val_idx, k, workdir / "members" / name,
-                                            config.seed, dev, progress, stop_after_epochs))
+                                            config.seed, dev, progress, stop_after_epochs, outer_idx=outer_idx))
+            overall.update(1)
+    overall.close()
     return results
+
+
+def interrupted(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> bool:
+    """Whether any fold of a ``train`` result stopped before finishing (``--stop-after-epochs``)."""
+    return any("interrupted_after_epoch" in f for folds in results.values() for f in folds)
 
 
 def fold_weight_files(workdir: str | Path, member: str, folds: int) -> list[Path]:
