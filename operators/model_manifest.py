@@ -41,6 +41,16 @@ sigmoid(slope * logit(p) + intercept) before fold averaging and fusion (Platt
 scaling, fitted by ``python -m training fuse`` on out-of-fold predictions); the
 slope must be positive, so the member's ranking, and its AUC, are unchanged.
 
+An ensemble's ``threshold`` is either a plain number or a block written by
+``python -m training fuse`` that records how it was chosen::
+
+    threshold:
+      value: 0.62
+      rule: youden                  # youden | sensitivity | specificity | fixed
+      description: Youden's J (maximum sensitivity + specificity - 1)
+      fitted_on: out-of-fold predictions of 200 training cases
+      metrics: {sensitivity: 0.81, sensitivity_ci: [0.74, 0.87], specificity: 0.70, ...}
+
 Ensemble weights must be non-negative and sum to 1 (within 1e-6). The model
 set's identity (``ModelSet.identity``) is the SHA-256 of the canonical JSON
 form of the manifest (which includes every weight file's hash); it changes
@@ -155,6 +165,23 @@ class MemberSpec:
 
 
 @dataclass(frozen=True)
+class ThresholdInfo:
+    """How an ensemble's threshold was chosen (the manifest's ``threshold:`` block).
+
+    Attributes:
+        rule: The rule's name (``youden``, ``sensitivity``, ``specificity``, ``fixed``).
+        description: The rule in words (e.g. "Youden's J (maximum sensitivity + specificity - 1)").
+        fitted_on: What the rule was applied to (e.g. "out-of-fold predictions of 200 training cases").
+        metrics: Sensitivity/specificity (with CIs) at the threshold, as estimated when it was chosen.
+    """
+
+    rule: str
+    description: str = ""
+    fitted_on: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class EnsembleSpec:
     """A weighted-average late fusion of members.
 
@@ -163,12 +190,14 @@ class EnsembleSpec:
         weights: Member name -> weight (non-negative, sum 1).
         threshold: Decision threshold on the fused probability.
         description: Optional free text.
+        threshold_info: How the threshold was chosen, when the manifest says (None: a plain number).
     """
 
     name: str
     weights: dict[str, float]
     threshold: float = 0.5
     description: str = ""
+    threshold_info: ThresholdInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -469,11 +498,34 @@ def _parse_ensemble(f: _Fields, name: str, edata: Any, members: Mapping[str, Mem
     total = sum(weights.values())
     if abs(total - 1.0) > 1e-6:
         raise f.error(f"{where}.weights", f"must sum to 1, sum is {total:.6g}")
-    threshold = f.get(edata, "threshold", where, float, 0.5)
-    if not 0.0 < threshold < 1.0:
-        raise f.error(f"{where}.threshold", f"must be in (0, 1), got {threshold}")
+    threshold, threshold_info = _parse_threshold(f, edata, where)
     return EnsembleSpec(name=name, weights=weights, threshold=threshold,
-                        description=str(edata.get("description") or ""))
+                        description=str(edata.get("description") or ""), threshold_info=threshold_info)
+
+
+def _parse_threshold(f: _Fields, edata: Mapping[str, Any], where: str) -> tuple[float, ThresholdInfo | None]:
+    """``threshold:`` as a plain number, or a block ``{value, rule, ...}`` written by ``training fuse``."""
+    raw = edata.get("threshold", 0.5)
+    info = None
+    if isinstance(raw, Mapping):
+        block = f"{where}.threshold"
+        value = f.get(raw, "value", block, float)
+        rule = raw.get("rule")
+        if not isinstance(rule, str) or not rule.strip():
+            raise f.error(f"{block}.rule", "must say how the threshold was chosen (e.g. youden)")
+        metrics = raw.get("metrics") or {}
+        if not isinstance(metrics, Mapping):
+            raise f.error(f"{block}.metrics", "must be a mapping")
+        info = ThresholdInfo(rule=rule.strip(), description=str(raw.get("description") or ""),
+                             fitted_on=str(raw.get("fitted_on") or ""),
+                             metrics={str(k): v for k, v in metrics.items()})
+        where = block
+    else:
+        value = f.get(edata, "threshold", where, float, 0.5)
+        where = f"{where}.threshold"
+    if not 0.0 < value < 1.0:
+        raise f.error(where if where.endswith("threshold") else f"{where}.value", f"must be in (0, 1), got {value}")
+    return value, info
 
 
 def write_manifest(manifest: Mapping[str, Any], folder: str | Path) -> Path:

@@ -119,17 +119,24 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from training.evaluation import fuse_oof
 
     res = fuse_oof(_config(args), args.workdir)
-    for name, e in res["ensembles"].items():
-        print(f"{name}: weights {e['weights']} ({e['weight_rule']}), OOF AUC {e['oof_metrics']['auc']:.3f}; "
-              f"searched {e['searched_weights']} (AUC {e['searched_oof_auc']:.3f})")
     for name, m in res["members"].items():
-        print(f"{name}: OOF AUC {m['auc']:.3f} ({m['auc_ci_low']:.3f}-{m['auc_ci_high']:.3f})")
+        flag = "" if m["learned"] else f"  NO WEIGHT: {m['not_learned_reason']}"
+        print(f"{name}: out-of-fold AUC {m['auc_uncalibrated']:.3f} ({m['auc_uncalibrated_ci'][0]:.3f}-"
+              f"{m['auc_uncalibrated_ci'][1]:.3f}){flag}")
+    for name, e in res["ensembles"].items():
+        o = e["oof_metrics"]
+        print(f"{name}: weights {e['weights']} ({e['weight_rule']}); threshold {e['threshold']:.3f} "
+              f"({e['threshold_rule_text']}); cross-fitted out-of-fold AUC {o['auc']:.3f} "
+              f"({o['auc_ci_low']:.3f}-{o['auc_ci_high']:.3f}), sensitivity {o['sensitivity']:.3f}, "
+              f"specificity {o['specificity']:.3f}")
+        for w in e["warnings"] + o["warnings"]:
+            print(f"  warning: {w}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from training.config import load_config
-    from training.export import MemberExport, ModelSetExport, ensembles_mapping, write_model_set
+    from training.export import MemberExport, ModelSetExport, ensembles_mapping, threshold_block, write_model_set
     from training.trainer import fold_weight_files
 
     config = _config(args)
@@ -141,7 +148,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                for m in config.members.values()]
     size_mb = sum(f.stat().st_size for m in members for f in m.fold_files) / 2**20
     ensembles = ensembles_mapping({n: e["weights"] for n, e in fusion["ensembles"].items()},
-                                  {n: e.threshold for n, e in config.ensembles.items()})
+                                  {n: threshold_block(e, e["n_cases"]) for n, e in fusion["ensembles"].items()})
     preprocessing = {"grids": config.grids_mapping(), "stages": "operators/ (same code as the app)"}
     meta = ModelSetExport(config.name, config.version, config.synthetic, config.intended_use,
                           config.grids_mapping(), ensembles, config.primary, preprocessing=preprocessing)

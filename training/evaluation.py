@@ -1,12 +1,12 @@
 """Fusion on out-of-fold predictions, and evaluation of a model set on held-out cases.
 
-``fuse_oof``: per member, Platt scaling fitted on its out-of-fold predictions
-(when the config asks for ``calibration: platt``); per ensemble, weights
-(equal, explicit, or searched on the (calibrated) out-of-fold predictions in
-0.1 steps) and out-of-fold metrics of every member and ensemble; written to
-``workdir/fusion.json`` (+ calibration PNG). The out-of-fold metrics use the
-calibration fitted on the same predictions (two parameters per member), so
-only a held-out evaluation is free of that optimism.
+``fuse_oof``: per member, Platt scaling (when the config asks for
+``calibration: platt``) and the has-learned test; per ensemble, weights (equal,
+explicit, or searched in 0.1 steps; a member that has not learned gets none)
+and the decision threshold by the configured rule. All of it is fitted on the
+out-of-fold predictions for export and, for the reported out-of-fold metrics,
+cross-fitted (see ``SCHEME``); written to ``workdir/fusion.json`` with
+calibration and ROC PNGs.
 
 ``evaluate_model_set``: runs a model set exactly as the app does
 (``EnsembleRunner``) on prepared case files and reports metrics per member and
@@ -30,51 +30,90 @@ from tqdm import tqdm
 from operators.datatypes import Prediction
 from operators.inference import EnsembleRunner, MemberInputs, RunnerOptions, fuse
 from operators.model_manifest import load_model_set
-from training.calibration import fit_platt
 from training.cases import check_grids, list_cases, load_case
 from training.config import TrainingConfig
-from training.fusion import search_weights
-from training.metrics import calibration_plot, evaluate_scores
+from training.fusion import apply_fusion, fit_fusion
+from training.metrics import calibration_plot, describe_rule, evaluate_scores, metrics_from_predictions, roc_plot
 from training.trainer import load_oof
 
 logger = logging.getLogger(__name__)
 
 
+SCHEME = ("nested cross-validation: outer folds by StratifiedGroupKFold (stratified by label, grouped by "
+          "patient); in each outer fold the epoch is chosen on an inner validation split of the training part, "
+          "and the chosen model predicts the outer fold once. Calibration, the has-learned test, fusion weights "
+          "and the threshold are cross-fitted for the reported out-of-fold metrics (fitted on the other outer "
+          "folds' predictions, applied to the fold's own); the exported values are fitted on all out-of-fold "
+          "predictions.")
+
+
 def fuse_oof(config: TrainingConfig, workdir: str | Path, n_boot: int = 2000) -> dict[str, Any]:
-    """Choose fusion weights and compute out-of-fold metrics; writes ``fusion.json`` and ``oof_calibration.png``."""
+    """Fit calibration, fusion and thresholds on out-of-fold predictions; cross-fitted out-of-fold metrics.
+
+    Writes ``fusion.json``, ``oof_calibration.png`` and ``oof_roc.png`` in the work folder.
+    """
     workdir = Path(workdir)
+    split = json.loads((workdir / "split.json").read_text())
+    fold_of = {c: k for k, ids in enumerate(split["folds"]) for c in ids}
     oof = {m: load_oof(workdir, m, config.folds) for m in config.members}
-    result: dict[str, Any] = {"members": {}, "ensembles": {}}
-    curves = {}
-    for m, preds in oof.items():
-        ids = sorted(preds)
-        y = [preds[c][0] for c in ids]
-        calibration = fit_platt(y, [preds[c][1] for c in ids]) if config.calibration == "platt" else None
-        if calibration is not None:
-            oof[m] = preds = {c: (lab, calibration.apply(p)) for c, (lab, p) in preds.items()}
-        s = [preds[c][1] for c in ids]
+    all_cases = sorted(fold_of)
+    ens_members = {n: list(e.members) for n, e in config.ensembles.items()}
+    final = fit_fusion(config, oof, n_boot=n_boot)
+    # Cross-fitting: each fold scored by a fit on the other folds only.
+    crossfit: dict[str, dict[str, float]] = {n: {} for n in [*config.members, *config.ensembles]}
+    calls: dict[str, dict[str, int]] = {n: {} for n in config.ensembles}
+    fold_thresholds: dict[str, list[float]] = {n: [] for n in config.ensembles}
+    fold_excluded: dict[str, list[list[str]]] = {n: [] for n in config.ensembles}
+    for k in range(config.folds):
+        inside = {m: {c: v for c, v in p.items() if fold_of[c] != k} for m, p in oof.items()}
+        fit = fit_fusion(config, inside, n_boot=n_boot)
+        scored = apply_fusion(fit, oof, ens_members, [c for c in all_cases if fold_of[c] == k])
+        for n, values in scored.items():
+            crossfit[n].update(values)
+        for n in config.ensembles:
+            t = fit.ensembles[n].threshold
+            fold_thresholds[n].append(t)
+            fold_excluded[n].append(sorted(fit.ensembles[n].excluded))
+            calls[n].update({c: int(v >= t) for c, v in scored[n].items()})
+    result: dict[str, Any] = {"scheme": SCHEME, "split": {"scheme": split.get("scheme"),
+                                                          "n_patients": split.get("n_patients"),
+                                                          "counts": split.get("counts")},
+                              "members": {}, "ensembles": {}}
+    label = {c: y for p in oof.values() for c, (y, _) in p.items()}
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for m in config.members:
+        ids = sorted(crossfit[m])
+        y, s = [label[c] for c in ids], [crossfit[m][c] for c in ids]
+        mf = final.members[m]
         result["members"][m] = {**evaluate_scores(y, s, n_boot=n_boot).as_dict(),
-                                "calibration": calibration.as_dict() if calibration else None}
+                                "auc_uncalibrated": mf.auc, "auc_uncalibrated_ci": list(mf.auc_ci),
+                                "calibration": mf.calibration.as_dict() if mf.calibration else None,
+                                "learned": mf.learned, "not_learned_reason": mf.reason}
         curves[m] = (y, s)
+    operating = {}
     for name, ens in config.ensembles.items():
-        common = sorted(set.intersection(*(set(oof[m]) for m in ens.members)))
-        y = [oof[ens.members[0]][c][0] for c in common]
-        scores = {m: [oof[m][c][1] for c in common] for m in ens.members}
-        searched, searched_auc = search_weights(y, scores, step=0.1)
-        if ens.weights == "search":
-            weights = searched
-        elif ens.weights == "equal":
-            weights = {m: 1.0 / len(ens.members) for m in ens.members}
-        else:
-            weights = dict(ens.weights)  # type: ignore[arg-type]
-        fused = np.sum([weights[m] * np.asarray(scores[m]) for m in ens.members], axis=0)
-        metrics = evaluate_scores(y, fused, threshold=ens.threshold, n_boot=n_boot).as_dict()
-        result["ensembles"][name] = {"weights": weights, "weight_rule": ens.weights if isinstance(ens.weights, str)
-                                     else "explicit", "searched_weights": searched,
-                                     "searched_oof_auc": searched_auc, "threshold": ens.threshold,
-                                     "n_cases": len(common), "oof_metrics": metrics}
-        curves[name] = (y, list(fused))
-    calibration_plot(curves, workdir / "oof_calibration.png", title="Out-of-fold calibration")
+        ef = final.ensembles[name]
+        ids = sorted(crossfit[name])
+        y, s = [label[c] for c in ids], [crossfit[name][c] for c in ids]
+        metrics = metrics_from_predictions(y, s, [calls[name][c] for c in ids], ef.threshold, n_boot=n_boot)
+        in_sample = apply_fusion(final, oof, ens_members, all_cases)[name]
+        ids_in = sorted(in_sample)
+        y_in = [label[c] for c in ids_in]
+        result["ensembles"][name] = {
+            "weights": ef.weights, "weight_rule": ens.weights if isinstance(ens.weights, str) else "explicit",
+            "excluded": ef.excluded, "searched_weights": ef.searched_weights, "searched_oof_auc": ef.searched_auc,
+            "threshold": ef.threshold, "threshold_rule": ens.threshold_rule or {"rule": "fixed"},
+            "threshold_rule_text": describe_rule(ens.threshold_rule), "fold_thresholds": fold_thresholds[name],
+            "fold_excluded": fold_excluded[name], "warnings": ef.warnings, "n_cases": len(ids),
+            "oof_metrics": metrics.as_dict(),
+            # the same fit applied to the predictions it was fitted on: optimistic, shown for comparison only
+            "in_sample_metrics": evaluate_scores(y_in, [in_sample[c] for c in ids_in], threshold=ef.threshold,
+                                                 n_boot=n_boot).as_dict()}
+        curves[name] = (y, s)
+        operating[name] = ef.threshold
+    calibration_plot(curves, workdir / "oof_calibration.png", title="Out-of-fold calibration (cross-fitted)")
+    roc_plot({n: curves[n] for n in config.ensembles}, workdir / "oof_roc.png",
+             title="Out-of-fold ROC (cross-fitted)", operating_points=operating)
     (workdir / "fusion.json").write_text(json.dumps(result, indent=1))
     return result
 

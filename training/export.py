@@ -89,13 +89,32 @@ def write_model_set(folder: str | Path, meta: ModelSetExport, members: Sequence[
     return model_set
 
 
-def ensembles_mapping(ensembles: Mapping[str, Mapping[str, float]], thresholds: Mapping[str, float] | None = None,
+def threshold_block(fused: Mapping[str, Any], n_cases: int) -> dict[str, Any] | float:
+    """The manifest's ``threshold:`` block for one ensemble of ``fusion.json`` (a plain number when fixed)."""
+    rule = fused.get("threshold_rule") or {"rule": "fixed"}
+    value = round(float(fused["threshold"]), 6)
+    if rule.get("rule") == "fixed":
+        return value
+    m = fused["oof_metrics"]
+    return {"value": value, "rule": rule["rule"], **({"target": rule["target"]} if "target" in rule else {}),
+            "description": fused.get("threshold_rule_text", ""),
+            "fitted_on": f"out-of-fold predictions of {n_cases} training cases",
+            "metrics": {"estimated_by": "cross-fitted out-of-fold (threshold chosen on the other folds)",
+                        "sensitivity": round(m["sensitivity"], 4),
+                        "sensitivity_ci": [round(m["sensitivity_ci_low"], 4), round(m["sensitivity_ci_high"], 4)],
+                        "specificity": round(m["specificity"], 4),
+                        "specificity_ci": [round(m["specificity_ci_low"], 4), round(m["specificity_ci_high"], 4)],
+                        "n_positive": m["n_positive"], "n_negative": m["n_negative"]}}
+
+
+def ensembles_mapping(ensembles: Mapping[str, Mapping[str, float]], thresholds: Mapping[str, Any] | None = None,
                       descriptions: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Build the manifest's ``ensembles`` mapping from weights per ensemble."""
     out: dict[str, dict[str, Any]] = {}
     for name, weights in ensembles.items():
+        t = (thresholds or {}).get(name, 0.5)
         entry: dict[str, Any] = {"weights": {m: round(float(w), 6) for m, w in weights.items()},
-                                 "threshold": float((thresholds or {}).get(name, 0.5))}
+                                 "threshold": dict(t) if isinstance(t, Mapping) else float(t)}
         if descriptions and name in descriptions:
             entry["description"] = descriptions[name]
         out[name] = entry
