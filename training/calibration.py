@@ -30,12 +30,12 @@ def logit(p: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def fit_platt(labels: Sequence[int], probabilities: Sequence[float]) -> PlattCalibration | None:
-    """Fit Platt scaling: a logistic regression of the labels on logit(p) (scikit-learn, no penalty).
+    """Fit Platt scaling: an unpenalised scikit-learn logistic regression of the labels on logit(p).
 
-    This is what ``CalibratedClassifierCV(method="sigmoid")`` fits, on hard 0/1 targets
-    instead of Platt's smoothed ones (the difference is a fraction of a percent in the
-    probabilities for a few hundred cases; a unit test compares it with the previous Newton
-    fit on smoothed targets).
+    Platt's smoothed targets ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` (as scikit-learn's
+    ``CalibratedClassifierCV(method="sigmoid")`` uses them) are fitted exactly by giving each
+    case twice, as a positive with weight t and as a negative with weight 1 - t. A unit test
+    compares the result with the previous hand-written Newton fit.
 
     Args:
         labels: 0/1 labels.
@@ -52,7 +52,10 @@ def fit_platt(labels: Sequence[int], probabilities: Sequence[float]) -> PlattCal
     if len(set(y.tolist())) < 2 or np.ptp(x) < 1e-9:
         logger.warning("Platt scaling not fitted: needs both classes and varying scores")
         return None
-    model = LogisticRegression(penalty=None, tol=1e-10, max_iter=1000).fit(x[:, None], y)
+    n_pos, n_neg = float(y.sum()), float(len(y) - y.sum())
+    t = np.where(y > 0, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+    model = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(
+        np.concatenate([x, x])[:, None], np.r_[np.ones_like(y), np.zeros_like(y)], sample_weight=np.r_[t, 1.0 - t])
     slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
     if not (np.isfinite(slope) and np.isfinite(intercept)) or slope <= 0:
         logger.warning("Platt scaling not fitted: slope %.3g (the member ranks no better than chance)", slope)
