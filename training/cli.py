@@ -44,13 +44,46 @@ def training_summary(workdir: Path, members: Sequence[str], folds: int) -> dict[
     return out
 
 
-def _card_text(config, workdir: Path, evaluation: Path | None, size_mb: float | None, data: str) -> str:
-    from training.model_card import render_model_card
+def _card_inputs(config, workdir: Path, evaluation: Path | None) -> dict[str, Any]:
+    """Everything the card needs from the work folder and an evaluation (held-out status checked here)."""
+    from training.provenance import held_out_check
 
     fusion = json.loads((workdir / "fusion.json").read_text())
     ev = json.loads(evaluation.read_text()) if evaluation else None
-    return render_model_card(config, training_summary(workdir, list(config.members), config.folds), fusion, ev,
-                             size_mb, data)
+    split = json.loads((workdir / "split.json").read_text())
+    runs = workdir / "provenance.json"
+    return {"fusion": fusion, "evaluation": ev,
+            "training": training_summary(workdir, list(config.members), config.folds),
+            "provenance": json.loads(runs.read_text()) if runs.is_file() else None,
+            "held_out": held_out_check(ev.get("cases") or [], split.get("cases") or {}) if ev else None}
+
+
+def _copy_figures(workdir: Path, evaluation: Path | None, model_set_dir: Path) -> list[str]:
+    """Copy the ROC and calibration PNGs into ``<model set>/figures/``; return their relative paths."""
+    import shutil
+
+    pairs = {"figures/oof_roc.png": workdir / "oof_roc.png",
+             "figures/oof_calibration.png": workdir / "oof_calibration.png"}
+    if evaluation:
+        pairs.update({"figures/heldout_roc.png": evaluation.parent / "roc.png",
+                      "figures/heldout_calibration.png": evaluation.parent / "calibration.png"})
+    done = []
+    for rel, src in pairs.items():
+        if src.is_file():
+            (model_set_dir / "figures").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, model_set_dir / rel)
+            done.append(rel)
+    return done
+
+
+def _card_text(config, workdir: Path, evaluation: Path | None, size_mb: float | None, data: str,
+               identity: str | None = None, figures: Sequence[str] = ()) -> str:
+    from training.model_card import render_model_card
+
+    inputs = _card_inputs(config, workdir, evaluation)
+    return render_model_card(config, inputs["training"], inputs["fusion"], inputs["evaluation"], size_mb, data,
+                             provenance=inputs["provenance"], held_out=inputs["held_out"], identity=identity,
+                             figures=figures)
 
 
 def _app_config(args: argparse.Namespace) -> Any:
@@ -152,9 +185,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     preprocessing = {"grids": config.grids_mapping(), "stages": "operators/ (same code as the app)"}
     meta = ModelSetExport(config.name, config.version, config.synthetic, config.intended_use,
                           config.grids_mapping(), ensembles, config.primary, preprocessing=preprocessing)
-    card = _card_text(config, workdir, Path(args.evaluation) if args.evaluation else None, size_mb,
-                      args.data_description)
-    ms = write_model_set(args.out, meta, members, card)
+    evaluation = Path(args.evaluation) if args.evaluation else None
+    out = Path(args.out)
+    figures = _copy_figures(workdir, evaluation, out)
+    card = _card_text(config, workdir, evaluation, size_mb, args.data_description, figures=figures)
+    ms = write_model_set(out, meta, members, card)
+    if evaluation:  # the card can only compare identities once the set exists
+        (out / "MODEL_CARD.md").write_text(_card_text(config, workdir, evaluation, size_mb, args.data_description,
+                                                      identity=ms.identity, figures=figures), encoding="utf-8")
     print(f"model set written to {args.out}: {len(ms.members)} members, {size_mb:.1f} MB, identity {ms.identity}")
     return 0
 
@@ -168,12 +206,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     if args.studies:
         rep = evaluate_studies(args.model_set, args.studies, args.out, labels_csv=args.labels,
-                               brain_extraction=args.brain_extraction, device=args.device,
-                               progress=not args.no_progress)
+                               app_config=_app_config(args), progress=not args.no_progress, jobs=args.jobs)
         for sid, reason in rep["not_analysed"].items():
             print(f"  not analysed {sid}: {reason}")
     else:
-        rep = evaluate_model_set(args.model_set, args.cases, args.out, device=args.device,
+        rep = evaluate_model_set(args.model_set, args.cases, args.out, device=args.device or "auto",
                                  progress=not args.no_progress)
     print(f"{rep['n_cases']} cases; model set {rep['model_set']} {rep['version']}"
           f"{' (SYNTHETIC demo)' if rep['synthetic'] else ''}")
@@ -187,13 +224,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_card(args: argparse.Namespace) -> int:
     from operators.model_manifest import load_model_set
-    from training.config import load_config
 
-    config = load_config(args.config)
+    config = _config(args)
     ms = load_model_set(args.model_set)
     size_mb = sum(f.path.stat().st_size for m in ms.members.values() for f in m.folds) / 2**20
-    text = _card_text(config, Path(args.workdir), Path(args.evaluation) if args.evaluation else None, size_mb,
-                      args.data_description)
+    evaluation = Path(args.evaluation) if args.evaluation else None
+    figures = _copy_figures(Path(args.workdir), evaluation, ms.root)
+    text = _card_text(config, Path(args.workdir), evaluation, size_mb, args.data_description,
+                      identity=ms.identity, figures=figures)
     target = ms.model_card or (ms.root / "MODEL_CARD.md")
     target.write_text(text, encoding="utf-8")
     print(f"model card written to {target}")
@@ -282,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--studies", help="folder of study folders, run through the app's own pipeline")
     sp.add_argument("--labels", help="CSV case_id,label (with --studies; else each study's truth/truth.json)")
     site_args(sp)
+    sp.add_argument("--jobs", type=int, default=1, help="with --studies: worker processes (default 1)")
     sp.add_argument("--model-set", required=True)
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_evaluate)

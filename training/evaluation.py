@@ -22,7 +22,7 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -136,7 +136,8 @@ def evaluate_model_set(model_set_dir: str | Path, cases_dir: str | Path, out_dir
                               missing={} if case.clinical_vector() is not None else
                               {"clinical": case.meta.get("clinical_missing_reason") or "no clinical data"})
         scores, left_out = runner.member_fold_scores(inputs)
-        row: dict[str, Any] = {"case_id": case.case_id, "label": case.label}
+        row: dict[str, Any] = {"case_id": case.case_id, "label": case.label,
+                               "study_uid": case.meta.get("study_uid"), "patient_key": case.meta.get("patient_key")}
         for m, s in scores.items():
             row[m] = float(np.mean(s))
         for name, ens in model_set.ensembles.items():
@@ -147,48 +148,110 @@ def evaluate_model_set(model_set_dir: str | Path, cases_dir: str | Path, out_dir
     return write_report(rows, model_set, out_dir, n_boot)
 
 
+_PIPELINE: Any = None  # one StudyPipeline per evaluation worker process
+
+
+def _start_worker(app_config: Any) -> None:
+    global _PIPELINE
+    import logging as _logging
+
+    from app.pipeline import StudyPipeline
+
+    _logging.getLogger().setLevel(_logging.WARNING)
+    _PIPELINE = StudyPipeline(app_config)
+
+
+def _score_study(folder: Path, out_dir: Path, labels: Mapping[str, int] | None) -> tuple[str, Any]:
+    """Run one study through the worker's pipeline: ("row", scores) or ("not_analysed", reason)."""
+    from training.prepare import study_label
+
+    input_dir = folder / "input" if (folder / "input").is_dir() else folder
+    result = _PIPELINE.run(input_dir, out_dir / "outputs" / folder.name)
+    if not result.analysed or result.prediction is None:
+        return "not_analysed", str(result.error)
+    p = result.prediction
+    row: dict[str, Any] = {"case_id": folder.name, "label": study_label(folder, labels),
+                           **study_identifiers(input_dir)}
+    for ens in (p, *p.other_ensembles.values()):
+        row.update({m.name: m.score for m in ens.members if m.used})
+        row[ens.ensemble] = ens.fused_score
+        row[f"{ens.ensemble}:renormalised"] = ens.weights_renormalised
+    return "row", row
+
+
 def evaluate_studies(model_set_dir: str | Path, studies_dir: str | Path, out_dir: str | Path, *,
-                     labels_csv: str | Path | None = None, brain_extraction: str = "auto", device: str = "auto",
-                     n_boot: int = 2000, progress: bool = True) -> dict[str, Any]:
+                     labels_csv: str | Path | None = None, app_config: Any = None, n_boot: int = 2000,
+                     progress: bool = True, jobs: int = 1) -> dict[str, Any]:
     """Score held-out study folders through the deployed pipeline (``app.pipeline.StudyPipeline``).
 
     Each study goes through DICOM loading, series selection, conversion,
-    preprocessing, inference and the SR writer exactly as in deployment; a study
-    the app cannot analyse is listed with its reason and left out of the metrics.
+    preprocessing, inference and the SR writer exactly as in deployment, with the
+    site's app configuration (series rules, clinical lookup table, brain
+    extraction); a study the app cannot analyse is listed with its reason and
+    left out of the metrics.
+
+    Args:
+        app_config: The app's ``AppConfig`` (its ``models`` is replaced by ``model_set_dir``).
+        jobs: Worker processes, each with its own pipeline (results do not depend on it).
     """
+    from concurrent.futures import ProcessPoolExecutor
+    from dataclasses import replace
+
     from app.config import AppConfig
-    from app.pipeline import StudyPipeline
+    from app.pipeline import find_model_set
     from operators.output_config import OutputConfig
-    from training.prepare import read_labels_csv, study_label
+    from training.prepare import read_labels_csv
 
     labels = read_labels_csv(Path(labels_csv)) if labels_csv else None
-    pipeline = StudyPipeline(AppConfig(models=Path(model_set_dir), brain_extraction=brain_extraction,
-                                       device=device, outputs=OutputConfig(pdf=False)))
-    model_set = pipeline.runner.model_set
+    cfg = replace(app_config if app_config is not None else AppConfig(), models=Path(model_set_dir),
+                  outputs=OutputConfig(pdf=False))
+    model_set = load_model_set(find_model_set(Path(model_set_dir)))
     out_dir = Path(out_dir)
-    rows: list[dict[str, Any]] = []
-    not_analysed: dict[str, str] = {}
     folders = sorted(p for p in Path(studies_dir).iterdir() if p.is_dir())
-    for folder in tqdm(folders, desc="evaluate", unit="study", disable=not progress):
-        input_dir = folder / "input" if (folder / "input").is_dir() else folder
-        result = pipeline.run(input_dir, out_dir / "outputs" / folder.name)
-        if not result.analysed or result.prediction is None:
-            not_analysed[folder.name] = str(result.error)
-            continue
-        p = result.prediction
-        row: dict[str, Any] = {"case_id": folder.name, "label": study_label(folder, labels)}
-        for ens in (p, *p.other_ensembles.values()):
-            row.update({m.name: m.score for m in ens.members if m.used})
-            row[ens.ensemble] = ens.fused_score
-            row[f"{ens.ensemble}:renormalised"] = ens.weights_renormalised
-        rows.append(row)
+    results: dict[str, tuple[str, Any]] = {}
+    bar = tqdm(total=len(folders), desc="evaluate", unit="study", disable=not progress)
+    if jobs <= 1:
+        _start_worker(cfg)
+        for folder in folders:
+            results[folder.name] = _score_study(folder, out_dir, labels)
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_start_worker, initargs=(cfg,)) as pool:
+            futures = {pool.submit(_score_study, folder, out_dir, labels): folder.name for folder in folders}
+            from concurrent.futures import as_completed
+
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update(1)
+    bar.close()
+    rows = [v for k, (kind, v) in sorted(results.items()) if kind == "row"]
+    not_analysed = {k: v for k, (kind, v) in sorted(results.items()) if kind == "not_analysed"}
     if not rows:
         raise ValueError(f"{studies_dir}: no study could be analysed")
     report = write_report(rows, model_set, out_dir, n_boot)
     report["through"] = "app.pipeline.StudyPipeline"
+    report["brain_extraction"] = cfg.brain_extraction
     report["not_analysed"] = not_analysed
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def study_identifiers(input_dir: Path) -> dict[str, str | None]:
+    """StudyInstanceUID and pseudonymous patient key of a study folder (from its first readable DICOM file)."""
+    import pydicom
+
+    from training.prepare import pseudonym
+
+    for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "PatientID"])
+        except Exception:  # noqa: BLE001 - not DICOM (clinical.json, ...): try the next file
+            continue
+        uid = str(getattr(ds, "StudyInstanceUID", "") or "")
+        if uid:
+            pid = str(getattr(ds, "PatientID", "") or "")
+            return {"study_uid": uid, "patient_key": pseudonym(pid) if pid else None}
+    return {"study_uid": None, "patient_key": None}
 
 
 def write_report(rows: list[dict[str, Any]], model_set: Any, out_dir: Path, n_boot: int) -> dict[str, Any]:
@@ -196,7 +259,9 @@ def write_report(rows: list[dict[str, Any]], model_set: Any, out_dir: Path, n_bo
     y = [r["label"] for r in rows]
     report: dict[str, Any] = {"model_set": model_set.name, "version": model_set.version,
                               "identity": model_set.identity, "synthetic": model_set.synthetic,
-                              "n_cases": len(rows), "members": {}, "ensembles": {}}
+                              "n_cases": len(rows), "n_positive": int(sum(y)), "members": {}, "ensembles": {},
+                              "cases": [{k: r.get(k) for k in ("case_id", "study_uid", "patient_key")}
+                                        for r in rows]}
     curves = {}
     for m in model_set.members:
         have = [r for r in rows if m in r]
@@ -207,15 +272,19 @@ def write_report(rows: list[dict[str, Any]], model_set: Any, out_dir: Path, n_bo
         s = [r[name] for r in rows]
         report["ensembles"][name] = evaluate_scores(y, s, threshold=ens.threshold, n_boot=n_boot).as_dict()
         report["ensembles"][name]["renormalised_cases"] = sum(bool(r[f"{name}:renormalised"]) for r in rows)
+        rule = ens.threshold_info.rule if ens.threshold_info else "fixed"
+        report["ensembles"][name]["threshold_rule"] = rule
         curves[name] = (y, s)
     report["primary"] = model_set.primary
+    roc_plot(curves, out_dir / "roc.png", title=f"ROC on {len(rows)} evaluated cases",
+             operating_points={n: e.threshold for n, e in model_set.ensembles.items()})
     calibration_plot(curves, out_dir / "calibration.png",
-                     title=f"Calibration on {len(rows)} held-out cases" + (" (synthetic)" if model_set.synthetic
+                     title=f"Calibration on {len(rows)} evaluated cases" + (" (synthetic)" if model_set.synthetic
                                                                             else ""))
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("case_id", "label"), k))
+    keys = sorted({k for r in rows for k in r} - {"patient_key"}, key=lambda k: (k not in ("case_id", "label"), k))
     with open(out_dir / "predictions.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return report

@@ -48,6 +48,7 @@ from training.cases import check_grids, list_cases, load_case
 from training.config import MemberConfig, TrainingConfig
 from training.losses import make_loss
 from training.metrics import auc, log_loss
+from training.provenance import provenance
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> d
         raise TrainingError(f"{cases_dir}: {len(files)} cases, need at least {2 * config.folds} for "
                             f"{config.folds} folds")
     split_path = workdir / "split.json"
-    ids, labels, groups = [], [], []
+    ids, labels, groups, known = [], [], [], {}
     for f in files:
         try:
             case = load_case(f, keys=[])
@@ -316,6 +317,8 @@ def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> d
         ids.append(case.case_id)
         labels.append(case.label)
         groups.append(case.meta.get("patient_key") or case.case_id)
+        known[case.case_id] = {"label": case.label, "study_uid": case.meta.get("study_uid"),
+                               "patient_key": case.meta.get("patient_key")}
     if split_path.is_file():
         split = json.loads(split_path.read_text())
         if "inner_validation" not in split:
@@ -338,7 +341,8 @@ def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> d
                        "inner_training": {"n": len(rest) - len(inner_val),
                                           "uncontrolled": int(y[rest].sum() - y[inner_val].sum())}})
     split = {"seed": config.seed, "scheme": "nested StratifiedGroupKFold (group = patient key)",
-             "n_patients": len(set(groups)), "folds": folds, "inner_validation": inner, "counts": counts}
+             "n_patients": len(set(groups)), "folds": folds, "inner_validation": inner, "counts": counts,
+             "cases": known}
     split_path.write_text(json.dumps(split, indent=1))
     return split
 
@@ -355,6 +359,12 @@ def train(config: TrainingConfig, cases_dir: str | Path, workdir: str | Path, me
                        ("cpu" if device == "auto" else device))
     if dev.type == "cpu":
         torch.set_num_threads(int(os.environ.get("TSC_TRAIN_THREADS", 0)) or cpu_quota())
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs = workdir / "provenance.json"
+    history = json.loads(runs.read_text()) if runs.is_file() else []
+    history.append({**provenance(torch.get_num_threads() if dev.type == "cpu" else None, str(dev)),
+                    "members": list(members or config.members), "seed": config.seed})
+    _atomic_write_text(json.dumps(history, indent=1), runs)
     names = list(members or config.members)
     unknown = [n for n in names if n not in config.members]
     if unknown:

@@ -53,14 +53,15 @@ def cases_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cases")
     rng = np.random.default_rng(0)
     grids = {n: {"shape": g["shape"], "spacing_mm": g["spacing_mm"]} for n, g in CONFIG["grids"].items()}
-    for i in range(8):
+    for i in range(12):
         label = i % 2
         strength = 0.6 if label else 0.1
         clinical = np.array([10 + 20 * (1 - label) + rng.normal(0, 3), 40.0, label, 1.0], np.float32)
         if i == 5:
             clinical[:] = np.nan  # a case without a usable clinical record
         images = {"flair@wae": _blob((16,) * 3, strength, rng), "t2@etsc": _blob((32,) * 3, strength, rng)}
-        save_case(folder, Case(f"case{i:02d}", label, images, clinical, {"grids": grids}))
+        meta = {"grids": grids, "study_uid": f"1.2.3.{i}", "patient_key": f"p{i}"}
+        save_case(folder, Case(f"case{i:02d}", label, images, clinical, meta))
     return folder
 
 
@@ -70,7 +71,7 @@ def _config():
 
 def test_case_file_round_trip(cases_dir):
     files = list_cases(cases_dir)
-    assert len(files) == 8
+    assert len(files) == 12
     case = load_case(files[1])
     assert case.label == 1 and case.images["flair@wae"].dtype == np.float32
     assert case.images["flair@wae"].shape == (16, 16, 16)
@@ -138,7 +139,7 @@ def test_train_resume_fuse_export_load_evaluate(cases_dir, tmp_path):
     assert fusion["ensembles"]["WAE-Net"]["weights"] == {"flair_wae": 0.5, "clinical": 0.5}
     etsc = fusion["ensembles"]["eTSC-Net"]["weights"]
     assert abs(sum(etsc.values()) - 1) < 1e-9 and min(etsc.values()) >= 0.1 - 1e-9
-    assert fusion["members"]["clinical"]["n"] == 7  # case05 has no clinical record
+    assert fusion["members"]["clinical"]["n"] == 11  # case05 has no clinical record
     assert (work / "oof_calibration.png").is_file()
 
     ms = load_model_set(out)  # checksums verified
@@ -158,12 +159,15 @@ def test_train_resume_fuse_export_load_evaluate(cases_dir, tmp_path):
     assert main(["evaluate", "--model-set", str(out), "--cases", str(cases_dir), "--out", str(ev),
                  "--no-progress"]) == 0
     report = json.loads((ev / "evaluation.json").read_text())
-    assert report["n_cases"] == 8 and set(report["ensembles"]) == {"WAE-Net", "eTSC-Net"}
+    assert report["n_cases"] == 12 and set(report["ensembles"]) == {"WAE-Net", "eTSC-Net"}
     assert report["ensembles"]["WAE-Net"]["renormalised_cases"] == 1
     assert (ev / "calibration.png").is_file() and (ev / "predictions.csv").is_file()
     assert main(["card", "--config", str(cfg_path), "--workdir", str(work), "--model-set", str(out),
                  "--evaluation", str(ev / "evaluation.json")]) == 0
-    assert "Held-out evaluation (8 cases" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    # the evaluation used the training cases: the card must say so, not call them held out
+    assert "Evaluation (12 cases; NOT shown to be held out)" in card and "12 same case id" in card
+    assert (out / "figures" / "heldout_calibration.png").is_file() and (out / "figures" / "oof_roc.png").is_file()
     load_model_set(out)  # rewriting the card keeps the set loadable
 
 
@@ -186,9 +190,11 @@ def test_prepare_runs_the_app_stages_on_a_generated_study(tmp_path):
     study = synthetic.generate_study(tmp_path / "studies", seed=21, options=synthetic.StudyOptions(decoys=False))
     (tmp_path / "studies" / "not-a-study").mkdir()  # no DICOM: reported as failed, others go on
     config = load_config("demo")
-    done, failed = prepare_studies(tmp_path / "studies", tmp_path / "cases", config.grids, progress=False,
-                                   brain_extraction="fallback")
-    assert done == 1 and set(failed) == {"not-a-study"}
+    from app.config import AppConfig
+
+    res = prepare_studies(tmp_path / "studies", tmp_path / "cases", config.grids, progress=False,
+                          app_config=AppConfig(brain_extraction="fallback"))
+    assert res.done == 1 and set(res.failed) == {"not-a-study"} and not res.clinical_missing
     case = load_case(tmp_path / "cases" / f"{study.sid}.npz")
     truth = json.loads((study.truth_dir / "truth.json").read_text())
     assert case.label == truth["label"]
@@ -198,3 +204,5 @@ def test_prepare_runs_the_app_stages_on_a_generated_study(tmp_path):
         assert img.shape == tuple(config.grids[key.split("@")[1]].shape)
         assert img.min() >= 0 and img.max() <= 1.0 + 1e-3 and (img > 0).mean() > 0.05  # a brain is in the grid
     assert case.meta["brain_extraction_method"] == "fallback-morphology"
+    assert case.meta["study_uid"] == study.study_uid if hasattr(study, "study_uid") else case.meta["study_uid"]
+    assert len(case.meta["patient_key"]) == 16  # pseudonymous: the patient ID itself is not stored
