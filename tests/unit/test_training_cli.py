@@ -1,0 +1,135 @@
+"""The training CLI's errors, interruption, overrides and stop/resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from training.cases import Case, LabelsError, read_labels_csv, save_case
+from training.cli import main
+from training.config import TrainingConfigError, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = {
+    "format": "tsc-training/1", "name": "cli-test", "version": "0.0.1", "synthetic": True,
+    "intended_use": "Unit tests only.", "folds": 2, "seed": 0,
+    "grids": {"wae": {"shape": [16, 16, 16], "spacing_mm": [12.0, 12.0, 12.0]}},
+    "recipes": {"clin": {"loss": "focal", "lr": 0.01, "batch_size": 4, "epochs": 3}},
+    "members": {"clinical": {"architecture": "clinical-fcnn", "hyperparameters": {"hidden": [8]},
+                             "input": "clinical", "recipe": "clin"}},
+    "ensembles": {"C": {"members": ["clinical"], "weights": "equal", "threshold": "youden"}},
+    "primary": "C",
+}
+
+
+def _cases(folder: Path, n: int = 16, grid_shape=(16, 16, 16)) -> Path:
+    rng = np.random.default_rng(0)
+    grids = {"wae": {"shape": list(grid_shape), "spacing_mm": [12.0, 12.0, 12.0]}}
+    for i in range(n):
+        label = i % 2
+        clinical = np.array([5 + 25 * (1 - label) + rng.normal(0, 4), 40.0, label, 1.0], np.float32)
+        save_case(folder, Case(f"c{i:02d}", label, {}, clinical, {"grids": grids, "patient_key": f"p{i}"}))
+    return folder
+
+
+def _config_file(tmp_path: Path, **changes) -> Path:
+    cfg = json.loads(json.dumps(CONFIG))
+    cfg.update(changes)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("text,message", [
+    ("case_id,label\na,1\nb,2\n", "labels.csv row 3 (case b): label must be 0 or 1, got '2'"),
+    ("case_id,label\na,1\n,0\n", "labels.csv row 3: case_id is empty"),
+    ("case_id,label\na,1\na,0\n", "labels.csv row 3: case a is listed twice"),
+    ("case,label\na,1\n", "labels.csv: missing column(s) case_id"),
+])
+def test_bad_labels_csv_names_file_row_and_field(tmp_path, text, message):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    with pytest.raises(LabelsError) as err:
+        read_labels_csv(path)
+    assert message in str(err.value)
+
+
+def test_bad_labels_row_stops_prepare_with_exit_2(tmp_path, capsys):
+    (tmp_path / "studies" / "s1").mkdir(parents=True)
+    (tmp_path / "labels.csv").write_text("case_id,label\ns1,yes\n")
+    assert main(["prepare", "--studies", str(tmp_path / "studies"), "--out", str(tmp_path / "c"),
+                 "--labels", str(tmp_path / "labels.csv"), "--config", "demo", "--no-progress"]) == 2
+    assert "labels.csv row 2 (case s1): label must be 0 or 1, got 'yes'" in capsys.readouterr().err
+
+
+def test_config_without_name_names_the_field(tmp_path, capsys):
+    raw = json.loads(json.dumps(CONFIG))
+    del raw["name"]
+    with pytest.raises(TrainingConfigError, match=r"name: missing"):
+        parse_config(raw, source="site.yaml")
+    cfg = tmp_path / "noname.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(cfg), "--cases", str(tmp_path), "--workdir", str(tmp_path / "w")]) == 2
+    assert "noname.yaml: name: missing" in capsys.readouterr().err
+
+
+def test_cases_from_another_grid_give_a_clear_error(tmp_path, capsys):
+    cases = _cases(tmp_path / "cases", grid_shape=(32, 32, 32))
+    assert main(["train", "--config", str(_config_file(tmp_path)), "--cases", str(cases),
+                 "--workdir", str(tmp_path / "w"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "c00.npz: prepared for grid wae" in err and "expected shape [16, 16, 16]" in err
+    assert "Traceback" not in err
+
+
+def test_folds_and_epochs_overrides_stop_resume_and_card(tmp_path, capsys):
+    cases = _cases(tmp_path / "cases")
+    cfg = _config_file(tmp_path)
+    common = ["--config", str(cfg), "--cases", str(cases), "--workdir", str(tmp_path / "w"), "--out",
+              str(tmp_path / "set"), "--no-progress", "--folds", "3", "--epochs", "clin=4"]
+    assert main(["all", *common, "--stop-after-epochs", "2"]) == 0
+    assert "stopped early" in capsys.readouterr().out
+    assert not (tmp_path / "set").exists()
+    assert main(["all", *common, "--stop-after-epochs", "2"]) == 0  # epochs 3-4: every fold finishes
+    assert (tmp_path / "set" / "manifest.yaml").is_file()
+    summary = json.loads((tmp_path / "w" / "members" / "clinical" / "fold2.oof.json").read_text())["summary"]
+    assert summary["epochs"] == 4
+    card = (tmp_path / "set" / "MODEL_CARD.md").read_text()
+    assert "overrides of the config: {'folds': 3, 'epochs': {'clin': 4}}" in card
+    assert "| clinical | 2 |" in card  # three folds
+    # a changed override on the same work folder is refused
+    assert main(["train", "--config", str(cfg), "--cases", str(cases), "--workdir", str(tmp_path / "w"),
+                 "--epochs", "5", "--no-progress"]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
+    cases = _cases(tmp_path / "cases", n=40)
+    cfg = _config_file(tmp_path, recipes={"clin": {"loss": "focal", "lr": 0.01, "batch_size": 2, "epochs": 400}})
+    work = tmp_path / "w"
+    cmd = [sys.executable, "-m", "training", "train", "--config", str(cfg), "--cases", str(cases), "--workdir",
+           str(work), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = work / "members" / "clinical" / "fold0.state.pt"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "interrupted" in err and "run the same command again" in err
+    assert not list(work.rglob("*.tmp"))
+    saved = __import__("torch").load(state, weights_only=False)["progress"]["epoch"]
+    assert 0 < saved < 400
