@@ -12,9 +12,8 @@ import os
 import sys
 from typing import Sequence
 
-from .config import ENV_PREFIX, ConfigError, config_reference, load_config
+from .config import CONFIG_ENV, ENV_PREFIX, ConfigError, config_reference, load_config
 
-CONFIG_ENV = "TSC_NODE_CONFIG"
 _CONFIG_HELP = f"""configuration:
   A YAML file with sections scp, spool, study, worker, outbox, logging.
   Any setting can be overridden by an environment variable

@@ -27,6 +27,8 @@ from typing import Any, Mapping
 import yaml
 
 ENV_PREFIX = "TSC_NODE_"
+# The configuration file's path (read by the command line), not a setting.
+CONFIG_ENV = "TSC_NODE_CONFIG"
 APP_PROCESSOR = "app.pipeline:make_processor"
 MODEL_PATH_ENV = "HOLOSCAN_MODEL_PATH"
 # worker.options keys that are paths (the application configuration's path keys).
@@ -251,7 +253,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def _apply_env(cfg: NodeConfig, environ: Mapping[str, str]) -> None:
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         target: Any = cfg

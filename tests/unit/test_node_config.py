@@ -131,6 +131,11 @@ def test_relative_worker_paths_resolve_against_the_yaml(tmp_path: Path) -> None:
     assert cfg.models_dir == tmp_path / "m"
 
 
+def test_config_path_variable_is_not_a_setting(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, BASE), environ={"TSC_NODE_CONFIG": str(tmp_path / "node.yaml")})
+    assert cfg.scp.allowed_calling_aes == ["PACS"]
+
+
 def test_models_path_falls_back_to_holoscan_model_path(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, BASE), environ={"HOLOSCAN_MODEL_PATH": "/opt/tsc/models"})
     assert cfg.worker.options["models"] == "/opt/tsc/models" and cfg.models_dir == Path("/opt/tsc/models")
