@@ -1,12 +1,13 @@
 """The MONAI Deploy application: the operator graph, and nothing else.
 
-    dicom_loader --study--> series_selector --t2_series/flair_series--> t2_volume, flair_volume
-    dicom_loader --study--> clinical_data
+    dicom_loader --study--> intended_use (the gate: age, from the model set's manifest)
+    intended_use --study--> series_selector --t2_series/flair_series--> t2_volume, flair_volume
+    intended_use --study--> clinical_data
     t2_volume, flair_volume --> registration --registered--> brain_extraction
     brain_extraction, clinical_data --> flair3_and_grids (normalisation, FLAIR3, quality checks,
         model grids) --model_inputs--> inference (fold ensembles, late fusion)
-    inference, flair3_and_grids --preprocessed--, series_selector --> study_outputs (SR, FLAIR3
-        series, PDF) --> result
+    inference, flair3_and_grids --preprocessed--, series_selector, clinical_data, intended_use
+        --> study_outputs (SR, result page, FLAIR3 series, PDF) --> result
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from holoscan.conditions import CountCondition
 from monai.deploy.core import Application
 
 from app.config import AppConfig
-from app.pipeline import StudyResult, find_model_set, make_brain_extractor
+from app.pipeline import StudyResult, checked_site_intended_use, find_model_set, make_brain_extractor
 from app.result_sink import ResultSinkOperator
 from operators.clinical_data import ClinicalDataOperator
 from operators.dicom_loading import DicomStudyLoaderOperator
 from operators.brain_extraction import BrainExtractionOperator
 from operators.inference import EnsembleInferenceOperator, RunnerOptions
+from operators.intended_use import IntendedUseGateOperator
 from operators.model_inputs import Flair3AndGridsOperator
 from operators.registration import RegistrationOperator
 from operators.series_selection import SeriesSelectorOperator
@@ -67,14 +69,19 @@ class TscOutcomeApp(Application):
                                                    name="brain_extraction")
         inference = EnsembleInferenceOperator(self, model_set=model_set_dir,
                                               options=RunnerOptions(device=self.config.device), name="inference")
+        model_set = inference.runner.model_set
+        gate = IntendedUseGateOperator(self, population=model_set.intended_population,
+                                       site=checked_site_intended_use(self.config, model_set.intended_population),
+                                       name="intended_use")
         flair3_and_grids = Flair3AndGridsOperator(self, model_set=inference.runner.model_set,
                                                   name="flair3_and_grids")
         outputs = StudyOutputsOperator(self, output_folder=self.output_dir, config=self.config.outputs,
-                                       name="study_outputs")
+                                       model_card=model_set.model_card, name="study_outputs")
         result = ResultSinkOperator(self, on_result=self._keep_result, name="result")
 
-        self.add_flow(loader, selector, {("study", "study")})
-        self.add_flow(loader, clinical, {("study", "study")})
+        self.add_flow(loader, gate, {("study", "study")})
+        self.add_flow(gate, selector, {("study", "study")})
+        self.add_flow(gate, clinical, {("study", "study")})
         self.add_flow(selector, t2_volume, {("t2_series", "series")})
         self.add_flow(selector, flair_volume, {("flair_series", "series")})
         self.add_flow(t2_volume, registration, {("volume", "t2_volume")})
@@ -86,5 +93,7 @@ class TscOutcomeApp(Application):
         self.add_flow(inference, outputs, {("prediction", "prediction")})
         self.add_flow(selector, outputs, {("t2_series", "t2_series"), ("flair_series", "flair_series")})
         self.add_flow(flair3_and_grids, outputs, {("preprocessed", "preprocessed")})
+        self.add_flow(clinical, outputs, {("clinical", "clinical")})
+        self.add_flow(gate, outputs, {("intended_use", "intended_use")})
         self.add_flow(inference, result, {("prediction", "prediction")})
         self.add_flow(outputs, result, {("outputs", "outputs")})

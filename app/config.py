@@ -9,6 +9,9 @@ Example (all keys shown with their defaults)::
     series_rules: null        # site series-selection rules (docs/series-selection.md)
     clinical_lookup: null     # site clinical lookup CSV keyed by AccessionNumber (docs/clinical-data.md)
     outputs: {}               # which results to write (docs/outputs.md)
+    intended_use: {}          # widen the model set's intended-use gate (docs/outputs.md), e.g.
+                              # {max_age_years: 21, allow_unknown_age: false, reason: "..."};
+                              # every report then says so
 
 Relative paths resolve against the configuration file's folder. Unknown keys
 are rejected so that a typo cannot silently change behaviour.
@@ -23,6 +26,7 @@ from typing import Any, Mapping
 import yaml
 
 from operators.errors import PipelineError
+from operators.intended_use import SiteIntendedUse
 from operators.output_config import OutputConfig, output_config_from_dict
 
 _PATH_KEYS = ("models", "hdbet_weights", "series_rules", "clinical_lookup")
@@ -46,6 +50,7 @@ class AppConfig:
     series_rules: Path | None = None
     clinical_lookup: Path | None = None
     outputs: OutputConfig = field(default_factory=OutputConfig)
+    intended_use: SiteIntendedUse = field(default_factory=SiteIntendedUse)
     base_dir: Path | None = None
 
 
@@ -77,6 +82,10 @@ def app_config_from_dict(values: Mapping[str, Any] | None, base_dir: Path | None
         kwargs["outputs"] = output_config_from_dict(values.get("outputs"))
     except ValueError as exc:
         raise ConfigurationError(f"outputs: {exc}") from exc
+    try:
+        kwargs["intended_use"] = SiteIntendedUse.from_dict(values.get("intended_use"))
+    except ValueError as exc:
+        raise ConfigurationError(f"intended_use: {exc}") from exc
     return AppConfig(**kwargs)
 
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from app.config import AppConfig, app_config_from_dict, load_app_config
+from app.config import AppConfig, ConfigurationError, app_config_from_dict, load_app_config
 from operators.brain_extraction import BrainExtractor, extract_brain
 from operators.clinical_data import SiteLookupTable, clinical_data_for_study
 from operators.datatypes import Prediction, Preprocessed, SelectedSeries
 from operators.dicom_loading import LoadedStudy, load_study, scan_folder
 from operators.errors import ModelConfigurationError, PipelineError
+from operators.intended_use import IntendedPopulation, SiteIntendedUse, check_intended_use
 from operators.inference import EnsembleRunner, RunnerOptions, member_inputs_from_preprocessed
 from operators.preprocessing import finish_preprocessing
 from operators.registration import register_volumes
@@ -91,6 +92,19 @@ def load_runner(models_dir: Path, device: str = "auto", setting: str = APP_MODEL
     return EnsembleRunner(find_model_set(models_dir, setting), RunnerOptions(device=device))
 
 
+def checked_site_intended_use(config: AppConfig, population: IntendedPopulation) -> SiteIntendedUse:
+    """The site's intended-use widening, checked against the model set's population at start-up.
+
+    Raises:
+        ConfigurationError: The configuration would narrow the model set's age range.
+    """
+    try:
+        config.intended_use.apply(population)
+    except ValueError as exc:
+        raise ConfigurationError(f"intended_use: {exc}") from exc
+    return config.intended_use
+
+
 def make_brain_extractor(config: AppConfig, model_set_dir: Path) -> BrainExtractor:
     """The configured brain extraction (HD-BET weights looked up next to the model set)."""
     return BrainExtractor(config.brain_extraction, hdbet_weights=config.hdbet_weights,
@@ -118,6 +132,8 @@ class StudyPipeline:
                                or "models")
         self.runner = load_runner(self.models_dir, self.config.device, models_setting)
         self.model_set_dir = self.runner.model_set.root
+        self.population = self.runner.model_set.intended_population
+        self.site_intended_use = checked_site_intended_use(self.config, self.population)
         self.rules = load_rules(self.config.series_rules)
         self.lookup = (SiteLookupTable.from_csv(self.config.clinical_lookup)
                        if self.config.clinical_lookup else None)
@@ -142,6 +158,8 @@ class StudyPipeline:
 
         try:
             study = timed("load", load_study, Path(input_dir))
+            gate = timed("intended_use", check_intended_use, study.first_dataset(), self.population,
+                         self.site_intended_use)
             selection = timed("select", select_series, study, self.rules)
             selected = [selection.t2, selection.flair]
             t2 = timed("convert_t2", convert_selected, selection.t2)
@@ -154,7 +172,9 @@ class StudyPipeline:
             inputs = timed("model_grids", member_inputs_from_preprocessed, pre, clinical, self.runner.model_set)
             prediction = timed("inference", self.runner.predict, inputs)
             outputs = timed("outputs", write_study_outputs, Path(output_dir), prediction, selected, pre,
-                            config=self.config.outputs, model_card_base_dir=self.model_set_dir)
+                            config=self.config.outputs, model_card_base_dir=self.model_set_dir,
+                            clinical=clinical, intended_use=gate,
+                            model_card=self.runner.model_set.model_card)
         except PipelineError as error:
             logger.warning("study not analysable: %s", error)
             source = _source_datasets(study, Path(input_dir))

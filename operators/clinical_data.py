@@ -257,15 +257,15 @@ def _dicom_date(value: Any) -> dt.date | None:
         return None
 
 
-def age_at_imaging_months(ds: Dataset) -> ClinicalValue:
-    """Age at imaging in months from DICOM.
+def dicom_age_months(ds: Dataset) -> tuple[float, str]:
+    """Age at imaging in months from DICOM, and its source, without a range check.
 
     Uses ``StudyDate`` (else ``AcquisitionDate``, ``SeriesDate``) minus
     ``PatientBirthDate``; else ``PatientAge`` (``nnnD``/``W``/``M``/``Y``).
 
     Raises:
-        ClinicalDataError: Neither source is usable, or the age is out of range
-            (the message never contains the dates themselves).
+        ClinicalDataError: Neither source is usable (the message never contains
+            the dates themselves).
     """
     birth = _dicom_date(ds.get("PatientBirthDate"))
     exam = next((d for d in (_dicom_date(ds.get(k)) for k in ("StudyDate", "AcquisitionDate", "SeriesDate"))
@@ -285,6 +285,17 @@ def age_at_imaging_months(ds: Dataset) -> ClinicalValue:
         n, unit = int(m.group(1)), m.group(2)
         months = {"D": n / DAYS_PER_MONTH, "W": n * 7 / DAYS_PER_MONTH, "M": float(n), "Y": n * 12.0}[unit]
         source = "DICOM PatientAge"
+    return months, source
+
+
+def age_at_imaging_months(ds: Dataset) -> ClinicalValue:
+    """Age at imaging in months from DICOM (see :func:`dicom_age_months`), range-checked.
+
+    Raises:
+        ClinicalDataError: Neither source is usable, or the age is out of range
+            (the message never contains the dates themselves).
+    """
+    months, source = dicom_age_months(ds)
     if months > MAX_AGE_MONTHS:
         raise ClinicalDataError(f"age at imaging {months:.0f} months is outside 0..{MAX_AGE_MONTHS:g} months")
     return ClinicalValue("age_at_imaging_months", round(months, 2), source)

@@ -274,6 +274,9 @@ class Prediction:
         model_set_identity: SHA-256 over the manifest and its weight hashes; changes
             whenever the model set changes (use it to derive the device UID).
         intended_use: Intended-use statement of the model set (for the report).
+        threshold_rule: How the threshold was chosen (manifest ``threshold`` mapping
+            without ``value``: ``rule``, ``sensitivity``, ``specificity`` ...); empty
+            when the manifest gives a bare number.
     """
 
     ensemble: str
@@ -289,3 +292,4 @@ class Prediction:
     model_set_name: str = ""
     model_set_identity: str = ""
     intended_use: str = ""
+    threshold_rule: dict[str, Any] = field(default_factory=dict)

@@ -436,6 +436,8 @@ class EnsembleRunner:
         prediction.model_set_synthetic = ms.synthetic
         prediction.model_set_identity = ms.identity
         prediction.intended_use = ms.intended_use
+        spec = ms.ensembles.get(prediction.ensemble)
+        prediction.threshold_rule = dict(spec.threshold_rule) if spec is not None else {}
         return prediction
 
 

@@ -15,6 +15,9 @@ Manifest format ``tsc-model-set/1`` (YAML)::
     intended_use: >-
       Demonstration only ...
     model_card: MODEL_CARD.md         # optional, relative to the folder
+    intended_population:              # optional; the intended-use gate (operators.intended_use)
+      age_years: {min: 0, max: 18}    # inclusive age at imaging; app default when absent
+      required_series: [T2, FLAIR]
     preprocessing: {...}              # optional, free-form description (shown in the card)
     grids:                            # model input grids (operators.model_grid.GridSpec)
       wae:  {shape: [128, 128, 128], spacing_mm: [1.5, 1.5, 1.5]}
@@ -73,6 +76,7 @@ from typing import Any, Mapping
 import yaml
 
 from operators.errors import ModelConfigurationError
+from operators.intended_use import IntendedPopulation
 from operators.model_grid import GridSpec
 from operators.networks import ARCHITECTURES, CLINICAL_FCNN, IMAGE_ARCHITECTURES, check_hyperparameters
 
@@ -217,6 +221,8 @@ class ModelSet:
         identity: SHA-256 over the canonical manifest (includes weight hashes).
         model_card: Path of the model card, if any.
         preprocessing: Free-form preprocessing description.
+        intended_population: Who the model set is for (the intended-use gate);
+            the app's default (``declared=False``) when the manifest has none.
     """
 
     root: Path
@@ -232,6 +238,8 @@ class ModelSet:
     identity: str
     model_card: Path | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    intended_population: IntendedPopulation = field(
+        default_factory=lambda: IntendedPopulation(declared=False))
 
     @property
     def primary_ensemble(self) -> EnsembleSpec:
@@ -375,6 +383,12 @@ def _parse(data: Any, manifest_path: Path) -> ModelSet:
     if not intended_use:
         raise f.error("intended_use", "must not be empty")
     preprocessing = dict(f.mapping(data.get("preprocessing") or {}, "preprocessing"))
+    population = IntendedPopulation(declared=False)
+    if data.get("intended_population") is not None:
+        try:
+            population = IntendedPopulation.from_dict(data["intended_population"])
+        except ValueError as exc:
+            raise f.error("intended_population", str(exc)) from exc
 
     grids: dict[str, GridSpec] = {}
     for gname, gdata in f.mapping(data.get("grids") or {}, "grids").items():
@@ -413,7 +427,7 @@ def _parse(data: Any, manifest_path: Path) -> ModelSet:
     return ModelSet(root=root, manifest_path=manifest_path, name=name, version=version, synthetic=synthetic,
                     intended_use=intended_use, grids=grids, members=members, ensembles=ensembles,
                     primary=primary, identity=canonical_identity(data), model_card=card_path,
-                    preprocessing=preprocessing)
+                    preprocessing=preprocessing, intended_population=population)
 
 
 def _parse_member(f: _Fields, root: Path, name: str, mdata: Any, grids: Mapping[str, GridSpec]) -> MemberSpec:

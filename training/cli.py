@@ -184,7 +184,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                                   {n: threshold_block(e, e["n_cases"]) for n, e in fusion["ensembles"].items()})
     preprocessing = {"grids": config.grids_mapping(), "stages": "operators/ (same code as the app)"}
     meta = ModelSetExport(config.name, config.version, config.synthetic, config.intended_use,
-                          config.grids_mapping(), ensembles, config.primary, preprocessing=preprocessing)
+                          config.grids_mapping(), ensembles, config.primary, preprocessing=preprocessing,
+                          intended_population=config.intended_population)
     evaluation = Path(args.evaluation) if args.evaluation else None
     out = Path(args.out)
     figures = _copy_figures(workdir, evaluation, out)

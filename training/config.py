@@ -7,6 +7,7 @@ Format (``tsc-training/1``)::
     version: 0.1.0
     synthetic: true
     intended_use: >- ...
+    intended_population: {age_years: {min: 0, max: 18}, required_series: [T2, FLAIR]}
     folds: 5
     seed: 0
     calibration: platt        # or none (default): Platt scaling per member on out-of-fold predictions
@@ -92,6 +93,7 @@ class TrainingConfig:
     primary: str
     calibration: str = "none"  # "platt": Platt scaling per member, fitted on out-of-fold predictions
     notes: str = ""
+    intended_population: dict[str, Any] | None = None  # manifest form (operators.intended_use)
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -239,6 +241,13 @@ def parse_config(data: Any, source: str = "config") -> TrainingConfig:
     calibration = str(data.get("calibration", "none"))
     if calibration not in ("none", "platt"):
         raise err("calibration", f"must be 'none' or 'platt', got {calibration!r}")
+    population = data.get("intended_population")
+    if population is not None:
+        from operators.intended_use import IntendedPopulation
+        try:
+            population = IntendedPopulation.from_dict(population).as_dict()
+        except ValueError as exc:
+            raise err("intended_population", str(exc)) from exc
     folds = int(data.get("folds", 5))
     if folds < 2:
         raise err("folds", "at least 2")
@@ -247,4 +256,4 @@ def parse_config(data: Any, source: str = "config") -> TrainingConfig:
                           intended_use=str(data.get("intended_use", "")).strip(), folds=folds,
                           seed=int(data.get("seed", 0)), grids=grids, members=members, ensembles=ensembles,
                           primary=primary, calibration=calibration, notes=str(data.get("notes", "")).strip(),
-                          source=source, raw=dict(data))
+                          intended_population=population, source=source, raw=dict(data))

@@ -47,6 +47,7 @@ class ModelSetExport:
     primary: str
     preprocessing: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    intended_population: dict[str, Any] | None = None
 
 
 def write_model_set(folder: str | Path, meta: ModelSetExport, members: Sequence[MemberExport],
@@ -77,6 +78,8 @@ def write_model_set(folder: str | Path, meta: ModelSetExport, members: Sequence[
         "format": MANIFEST_FORMAT, "name": meta.name, "version": meta.version, "synthetic": meta.synthetic,
         "intended_use": meta.intended_use,
     }
+    if meta.intended_population is not None:
+        manifest["intended_population"] = dict(meta.intended_population)
     if model_card_text is not None:
         (folder / "MODEL_CARD.md").write_text(model_card_text, encoding="utf-8")
         manifest["model_card"] = "MODEL_CARD.md"
