@@ -15,8 +15,17 @@ resampled from. The T2 acquisition timing attributes are left empty so that a
 series-selection stage never mistakes FLAIR3 for an acquired FLAIR.
 
 Pixel values are FLAIR3 (in [0, 1] inside the brain) times
-:data:`PIXEL_SCALE`, stored as unsigned 16-bit integers; the window is set from
-the 1st-99th percentile of brain voxels.
+:data:`PIXEL_SCALE`, stored as unsigned 16-bit integers, and 0 outside the
+brain mask; only the slices that contain brain are written (the series starts
+and ends with brain, never with scalp or neck). The window is set from the
+1st-99th percentile of brain voxels.
+
+FLAIR3 is computed from two acquisitions (FLAIR, an inversion-recovery spin
+echo, and T2, a spin echo), so no single acquisition's Scanning Sequence
+describes it: the series says ``RM`` (research mode) with Sequence Variant
+``NONE`` and leaves Inversion, Repetition and Echo Time empty, rather than
+copying the FLAIR's Scanning Sequence (SE and IR) without its Inversion Time (an error for
+dciodvfy) or with it (untrue of the derived image).
 """
 
 from __future__ import annotations
@@ -51,8 +60,8 @@ DERIVATION_DESCRIPTION = (
 # modules come from operators.output_common).
 _COPIED = (
     "BodyPartExamined", "PatientPosition", "FrameOfReferenceUID", "PositionReferenceIndicator",
-    "ScanningSequence", "SequenceVariant", "MRAcquisitionType", "MagneticFieldStrength",
-    "SliceThickness", "SpacingBetweenSlices", "ImagedNucleus",
+    "MRAcquisitionType", "MagneticFieldStrength", "SliceThickness", "SpacingBetweenSlices",
+    "ImagedNucleus",
 )
 _EMPTY_TYPE2 = ("ScanOptions", "RepetitionTime", "EchoTime", "EchoTrainLength")
 
@@ -171,6 +180,15 @@ def build_flair3_series(
     scaled = np.clip(np.nan_to_num(array) * PIXEL_SCALE, 0, 65535).round().astype(np.uint16)
     mask = (sitk.GetArrayFromImage(preprocessed.brain_mask)
             if preprocessed.brain_mask is not None else None)
+    if mask is not None:
+        if mask.shape != scaled.shape:
+            raise OutputError("FLAIR3 and the brain mask are not on one grid")
+        scaled[mask == 0] = 0
+        brain_slices = [k for k in range(scaled.shape[0]) if mask[k].any()]
+    else:
+        brain_slices = list(range(scaled.shape[0]))
+    if not brain_slices:
+        raise OutputError("The brain mask is empty: no FLAIR3 slice to write")
     center, width = _window(scaled, mask)
     spacing = image.GetSpacing()
     size = image.GetSize()
@@ -184,7 +202,7 @@ def build_flair3_series(
     ]
 
     instances = []
-    for k in range(size[2]):
+    for number, k in enumerate(brain_slices, start=1):
         position = np.array(image.TransformIndexToPhysicalPoint((0, 0, k)), float)
         offset = float(position @ normal)
         if not flair_slices:
@@ -208,9 +226,8 @@ def build_flair3_series(
                 ds[keyword] = source[keyword]
         for keyword in _EMPTY_TYPE2:
             setattr(ds, keyword, None)
-        if "ScanningSequence" not in ds:
-            ds.ScanningSequence = "RM"
-            ds.SequenceVariant = "NONE"
+        ds.ScanningSequence = "RM"
+        ds.SequenceVariant = "NONE"
         ds.SOPClassUID = MRImageStorage
         ds.SOPInstanceUID = generate_uid()
         ds.Modality = "MR"
@@ -222,7 +239,7 @@ def build_flair3_series(
         ds.SeriesDescription = SERIES_DESCRIPTION
         ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
         ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-        ds.InstanceNumber = k + 1
+        ds.InstanceNumber = number
         ds.ImageType = ["DERIVED", "SECONDARY", "OTHER", "FLAIR3"]
         ds.DerivationDescription = DERIVATION_DESCRIPTION
         ds.DerivationCodeSequence = DicomSequence(derivation_codes)

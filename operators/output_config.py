@@ -8,9 +8,11 @@ key (so it can live in a larger app configuration)::
       not_analysable_sr: true   # short SR saying why a study could not be analysed
       flair3_series: false      # FLAIR3 derived MR series (a new image series)
       pdf: true                 # encapsulated PDF report
+      result_page: true         # Secondary Capture result page (every viewer shows it)
       sr_series_number: 9001
       flair3_series_number: 9002
       pdf_series_number: 9003
+      result_page_series_number: 9004
       institution_name: null
       model_card_summary: null  # text printed in the PDF; or model_card_summary_file
       model_card_summary_file: null
@@ -36,10 +38,13 @@ class OutputConfig:
         flair3_series: Write FLAIR3 as a derived MR series (off by default: it
             adds a whole image series to the study in the PACS).
         pdf: Write the encapsulated PDF report.
-        sr_series_number / flair3_series_number / pdf_series_number: Series
+        result_page: Write the Secondary Capture result page.
+        sr_series_number / flair3_series_number / pdf_series_number /
+            result_page_series_number: Series
             Numbers of the new series.
         institution_name: Institution Name written into the SR, if any.
-        model_card_summary: Text of the PDF's model-card section.
+        model_card_summary: Text of the model-card section of the PDF (default:
+            a summary taken from the model set's own model card).
         model_card_summary_file: File with that text (relative paths resolve
             against the configuration file's folder).
     """
@@ -48,9 +53,11 @@ class OutputConfig:
     not_analysable_sr: bool = True
     flair3_series: bool = False
     pdf: bool = True
+    result_page: bool = True
     sr_series_number: int = 9001
     flair3_series_number: int = 9002
     pdf_series_number: int = 9003
+    result_page_series_number: int = 9004
     institution_name: str | None = None
     model_card_summary: str | None = None
     model_card_summary_file: str | None = None
@@ -67,8 +74,8 @@ class OutputConfig:
         return ""
 
 
-_BOOLS = ("sr", "not_analysable_sr", "flair3_series", "pdf")
-_INTS = ("sr_series_number", "flair3_series_number", "pdf_series_number")
+_BOOLS = ("sr", "not_analysable_sr", "flair3_series", "pdf", "result_page")
+_INTS = ("sr_series_number", "flair3_series_number", "pdf_series_number", "result_page_series_number")
 
 
 def output_config_from_dict(values: Mapping[str, Any] | None) -> OutputConfig:

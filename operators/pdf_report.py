@@ -1,10 +1,15 @@
 """A one-study PDF report, encapsulated in DICOM, for radiologists to open in PACS.
 
-Page 1: the result (predicted outcome, fused probability, threshold), a chart of
-member and ensemble probabilities, the member table (weights, fold scores, why
-any member was left out), quality notes and the analysed series. Page 2: key
-slices of FLAIR, registered T2 and FLAIR3 with the brain-mask outline, the
-intended use and a model-card summary. Every page carries "Research use only".
+Page 1: the result (the primary ensemble's predicted outcome with its verbal
+confidence category, fused probability, spread, threshold), notices of degraded
+modes, what the threshold and calibration mean, a chart of every member's and
+ensemble's probability (both ensembles), the member table (ensemble, weights,
+fold scores, why any member was left out), the clinical inputs with their
+sources, quality notes and the analysed series. Page 2: key slices of FLAIR,
+registered T2 and FLAIR3 with the brain-mask outline, the intended use (and the
+intended-use check) and the model set's card summary. Every page carries
+"Research use only". Wording and precision come from
+:mod:`operators.report_wording`, shared with the SR and the result page.
 
 The PDF deliberately prints no patient name or ID (the DICOM wrapper carries
 them, and reportlab's fonts cannot render every script a name may use); it
@@ -28,8 +33,10 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, generate_uid
 
-from operators.datatypes import Preprocessed, Prediction, Role, SelectedSeries
+from operators import report_wording as words
+from operators.datatypes import ClinicalData, Preprocessed, Prediction, Role, SelectedSeries
 from operators.errors import OutputError
+from operators.intended_use import IntendedUseCheck
 from operators.output_common import code_item, copy_patient_study
 
 logger = logging.getLogger(__name__)
@@ -71,26 +78,40 @@ def _figure_png(figure) -> BytesIO:
 
 
 def _scores_chart(prediction: Prediction) -> BytesIO:
+    """Every used member and every ensemble's fused probability, with each threshold."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
 
-    used = [m for m in prediction.members if m.used and m.score is not None]
-    labels = [m.name for m in used] + [f"{prediction.ensemble} (fused)"]
-    values = [float(m.score) for m in used] + [float(prediction.fused_score)]
-    colours = ["#7a9cc6"] * len(used) + ["#c0392b" if prediction.predicted_uncontrolled
-                                         else "#27ae60"]
-    figure = Figure(figsize=(6.2, 0.45 * len(labels) + 1.0))
+    labels, values, colours = [], [], []
+    for ensemble in [prediction, *(prediction.other_ensembles or {}).values()]:
+        for member in ensemble.members:
+            if member.used and member.score is not None:
+                labels.append(f"{ensemble.ensemble}: {member.name}")
+                values.append(float(member.score))
+                colours.append("#7a9cc6" if ensemble is prediction else "#b8c7d9")
+        labels.append(f"{ensemble.ensemble} fused" + (" (primary)" if ensemble is prediction else ""))
+        values.append(float(ensemble.fused_score))
+        colours.append(("#c0392b" if ensemble.predicted_uncontrolled else "#27ae60")
+                       if ensemble is prediction else "#7f8c8d")
+    figure = Figure(figsize=(6.4, 0.32 * len(labels) + 1.1))
     axes = figure.subplots()
     positions = np.arange(len(labels))[::-1]
     axes.barh(positions, values, color=colours)
     for y, value in zip(positions, values):
-        axes.text(min(value + 0.01, 0.9), y, f"{value:.2f}", va="center", fontsize=8)
-    axes.axvline(prediction.threshold, color="black", linestyle="--", linewidth=1)
-    axes.text(prediction.threshold, positions.max() + 0.6, f"threshold {prediction.threshold:.2f}",
-              ha="center", fontsize=8)
-    axes.set_yticks(positions, labels, fontsize=8)
-    axes.set_xlim(0, 1)
+        axes.text(value + 0.01, y, words.prob(value), va="center", fontsize=7.5)
+    thresholds = sorted({round(float(e.threshold), 6) for e in
+                         [prediction, *(prediction.other_ensembles or {}).values()]})
+    above = blended_transform_factory(axes.transData, axes.transAxes)
+    for threshold in thresholds:
+        axes.axvline(threshold, color="black", linestyle="--", linewidth=1)
+        # above the frame, so the frame never strikes the label through
+        axes.text(threshold, 1.01, f"threshold {words.prob(threshold)}", transform=above,
+                  ha="center", va="bottom", fontsize=8)
+    axes.set_yticks(positions, labels, fontsize=7.5)
+    axes.set_xlim(0, 1.08)
+    axes.set_xticks(np.linspace(0, 1, 6))
     axes.set_xlabel("Probability of uncontrolled epilepsy at one year", fontsize=8)
     axes.tick_params(axis="x", labelsize=8)
     return _figure_png(figure)
@@ -154,6 +175,8 @@ def render_report_pdf(
     model_card_summary: str = "",
     key_slices: int = 3,
     app_version: str = "",
+    clinical: ClinicalData | None = None,
+    intended_use: IntendedUseCheck | None = None,
 ) -> bytes:
     """Render the report as PDF bytes.
 
@@ -165,6 +188,8 @@ def render_report_pdf(
         model_card_summary: Short model-card text (data, metrics, limits).
         key_slices: Number of key slices per row.
         app_version: Version printed in the footer.
+        clinical: The clinical inputs and their sources.
+        intended_use: The intended-use check (and any site widening).
 
     Returns:
         The PDF document.
@@ -187,6 +212,8 @@ def render_report_pdf(
     title = ParagraphStyle("title", parent=heading, fontSize=15, leading=19)
     banner = ParagraphStyle("banner", parent=body, fontName=_FONT_BOLD, textColor=colors.white,
                             backColor=colors.HexColor("#b03a2e"), borderPadding=4, fontSize=10)
+    warning = ParagraphStyle("warning", parent=body, fontName=_FONT_BOLD, textColor=colors.black,
+                             backColor=colors.HexColor("#f8d7a8"), borderPadding=3)
 
     by_role = {s.role: s for s in selected_series}
     reference = next((s.datasets[0] for s in selected_series if s.datasets), Dataset())
@@ -195,44 +222,52 @@ def render_report_pdf(
     story += [Paragraph(_escape(" ".join(banners)), banner), Spacer(1, 0.3 * cm)]
     story.append(Paragraph(
         f"Accession number: {_escape(str(reference.get('AccessionNumber', '') or '-'))} &nbsp; "
-        f"Study date: {_escape(str(reference.get('StudyDate', '') or '-'))} &nbsp; "
+        f"Study date: {_escape(words.reader_date(reference.get('StudyDate')))} &nbsp; "
         "Patient identification: see the DICOM header of this document.", small))
 
-    outcome = ("UNCONTROLLED epilepsy predicted at one year" if prediction.predicted_uncontrolled
-               else "CONTROLLED epilepsy predicted at one year")
+    confidence = words.confidence(prediction)
     story.append(Paragraph("Result", heading))
     story.append(Paragraph(
-        f"<b>{outcome}</b> (preliminary, unverified). Fused probability of uncontrolled "
-        f"epilepsy: <b>{prediction.fused_score:.2f}</b>; decision threshold "
-        f"{prediction.threshold:.2f}; ensemble {_escape(prediction.ensemble)}, model set "
-        f"{_escape(prediction.model_set_name or '-')} {_escape(prediction.model_set_version or '')}.",
-        body))
-    if prediction.weights_renormalised:
-        story.append(Paragraph("Weights were renormalised over the members that could be run.",
-                               small))
+        f"<b>{_escape(prediction.ensemble)} (primary ensemble): {words.outcome(prediction).upper()} "
+        f"predicted</b> (preliminary, unverified). Confidence: <b>{confidence.category}</b> "
+        f"({_escape(confidence.explanation)}).", body))
+    story.append(Paragraph(
+        f"Fused probability of uncontrolled epilepsy <b>{words.prob(prediction.fused_score)}</b>; "
+        f"decision threshold {words.prob(prediction.threshold)}; spread: "
+        f"{_escape(words.spread(prediction))}. Model set {_escape(prediction.model_set_name or '-')} "
+        f"{_escape(prediction.model_set_version or '')}.", body))
+    for line in words.other_ensemble_lines(prediction):
+        story.append(Paragraph("Other ensemble: " + _escape(line), body))
+    degraded = words.degraded_modes(prediction, preprocessed)
+    if degraded:
+        story.append(Spacer(1, 0.15 * cm))
+        story.append(Paragraph("Degraded analysis, read with care: " + _escape(" ".join(degraded)), warning))
+        story.append(Spacer(1, 0.15 * cm))
+    story.append(Paragraph(_escape(words.threshold_statement(prediction)), small))
+    story.append(Paragraph(_escape(words.calibration_statement(prediction)), small))
     agreement = prediction.agreement or {}
     notes = []
     if "member_sd" in agreement:
-        notes.append(f"weighted SD of member probabilities {agreement['member_sd']:.3f}")
-    if "member_range" in agreement:
-        notes.append(f"range {agreement['member_range']:.3f}")
+        notes.append(f"weighted SD of member probabilities {words.prob(agreement['member_sd'])}")
     if "member_weight_agreeing" in agreement:
         notes.append(f"{100 * agreement['member_weight_agreeing']:.0f}% of the weight on the "
                      "same side of the threshold")
     if "fold_sd_max" in agreement:
-        notes.append(f"largest fold SD within a member {agreement['fold_sd_max']:.3f}")
+        notes.append(f"largest fold SD within a member {words.prob(agreement['fold_sd_max'])}")
     if notes:
         story.append(Paragraph("Agreement: " + "; ".join(notes) + ".", small))
-    story.append(_scaled_image(Image, _scores_chart(prediction), 15 * cm))
+    story.append(_scaled_image(Image, _scores_chart(prediction), 15 * cm, max_height=9 * cm))
 
-    rows = [["Member", "Used", "Weight", "Probability", "Fold probabilities / reason left out"]]
-    for member in prediction.members:
-        detail = (", ".join(f"{s:.2f}" for s in member.fold_scores) if member.used
-                  else member.reason_left_out or "-")
-        rows.append([member.name, "yes" if member.used else "no", f"{member.weight:.3f}",
-                     f"{member.score:.3f}" if member.score is not None else "-",
-                     Paragraph(_escape(detail), small)])
-    table = Table(rows, colWidths=[4 * cm, 1.2 * cm, 1.6 * cm, 2.1 * cm, 8 * cm], repeatRows=1)
+    rows = [["Ensemble", "Member", "Used", "Weight", "Probability", "Fold probabilities / reason left out"]]
+    for ensemble in [prediction, *(prediction.other_ensembles or {}).values()]:
+        for member in ensemble.members:
+            detail = (", ".join(words.prob(v) for v in member.fold_scores) if member.used
+                      else member.reason_left_out or "-")
+            rows.append([ensemble.ensemble, member.name, "yes" if member.used else "no",
+                         f"{member.weight:.2f}", words.prob(member.score) if member.score is not None else "-",
+                         Paragraph(_escape(detail), small)])
+    table = Table(rows, colWidths=[2.1 * cm, 3.0 * cm, 1.1 * cm, 1.4 * cm, 1.9 * cm, 7.9 * cm],
+                  repeatRows=1)
     table.setStyle(TableStyle([
         ("FONTNAME", (0, 0), (-1, -1), _FONT), ("FONTNAME", (0, 0), (-1, 0), _FONT_BOLD),
         ("FONTSIZE", (0, 0), (-1, -1), 8), ("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
@@ -240,25 +275,22 @@ def render_report_pdf(
         ("VALIGN", (0, 0), (-1, -1), "TOP")]))
     story += [Spacer(1, 0.2 * cm), table]
 
+    story.append(Paragraph("Clinical inputs", heading))
+    for line in words.clinical_lines(clinical):
+        story.append(Paragraph(_escape(line), small))
+
     story.append(Paragraph("Analysed series", heading))
-    for role in (Role.T2, Role.FLAIR):
-        if role in by_role:
-            first = by_role[role].datasets[0] if by_role[role].datasets else Dataset()
-            story.append(Paragraph(
-                f"{role.value}: series {_escape(str(first.get('SeriesNumber', '-')))} "
-                f"\"{_escape(str(first.get('SeriesDescription', '') or ''))}\", "
-                f"{len(by_role[role].datasets)} instances, UID {by_role[role].series_instance_uid}",
-                small))
+    for line in words.series_lines(selected_series):
+        story.append(Paragraph(_escape(line), small))
 
     story.append(Paragraph("Quality notes", heading))
     if preprocessed is not None:
         story.append(Paragraph(
             f"Brain extraction: {_escape(preprocessed.brain_extraction_method or 'unknown')}; "
             f"brain volume {preprocessed.brain_volume_ml:.0f} ml; registration metric "
-            f"{preprocessed.registration_metric:.3f}.", small))
-        for flag in preprocessed.flags:
-            story.append(Paragraph(
-                f"[{_escape(flag.severity)}] {_escape(flag.code)}: {_escape(flag.message)}", small))
+            f"{preprocessed.registration_metric:.2f}.", small))
+        for line in words.quality_lines(preprocessed.flags):
+            story.append(Paragraph(_escape(line), small))
     else:
         story.append(Paragraph("No preprocessing quality information was given.", small))
 
@@ -275,9 +307,13 @@ def render_report_pdf(
         "sclerosis complex remains uncontrolled after one year of antiseizure medication, from "
         "the pre-treatment T2 and FLAIR MRI (and clinical variables when available).")
     story.append(Paragraph(_escape(intended), body))
+    if intended_use is not None:
+        for line in intended_use.statements():
+            story.append(Paragraph(_escape(line), small))
     story.append(Paragraph("Model card summary", heading))
-    story.append(Paragraph(_escape(model_card_summary or "No model card summary was provided."),
-                           body))
+    story.append(Paragraph(_escape(model_card_summary or (
+        "The model set has no model card: its data, metrics and limits are unknown to this report."
+    )), body))
 
     def footer(canvas, document) -> None:
         canvas.saveState()
@@ -345,14 +381,14 @@ def build_encapsulated_pdf(
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = series_instance_uid or generate_uid()
     ds.SeriesNumber = series_number
-    ds.SeriesDescription = "AI epilepsy outcome report (research)"
+    ds.SeriesDescription = "AI epilepsy outcome report: RESEARCH USE ONLY"
     ds.ConversionType = "SYN"
     ds.Manufacturer = manufacturer
     if software_version:
         ds.SoftwareVersions = software_version
     ds.InstanceNumber = 1
-    ds.ContentDate = now.strftime("%Y%m%d")
-    ds.ContentTime = now.strftime("%H%M%S")
+    ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
     ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
     ds.BurnedInAnnotation = "YES"
     ds.DocumentTitle = DOCUMENT_TITLE

@@ -56,13 +56,25 @@ USAGE_STATEMENT = _code("TSCEO017", "Usage statement")
 MEMBER_AGREEMENT = _code("TSCEO018", "Spread of ensemble member probabilities")
 #: Decision threshold applied to the fused probability.
 DECISION_THRESHOLD = _code("TSCEO019", "Decision threshold")
+#: Text items for readers (operators.report_wording): the result in one sentence,
+#: the verbal confidence category, what the threshold and calibration mean, the
+#: other ensembles, the intended-use check, degraded modes and clinical inputs.
+RESULT_SUMMARY = _code("TSCEO020", "Result summary")
+CONFIDENCE_CATEGORY = _code("TSCEO021", "Confidence category")
+THRESHOLD_MEANING = _code("TSCEO022", "Meaning of the decision threshold")
+CALIBRATION_STATEMENT = _code("TSCEO023", "Calibration of the probabilities")
+OTHER_ENSEMBLE_RESULT = _code("TSCEO024", "Result of another ensemble")
+INTENDED_USE_CHECK = _code("TSCEO025", "Intended-use check")
+DEGRADED_MODE = _code("TSCEO026", "Degraded analysis mode")
+CLINICAL_INPUT = _code("TSCEO027", "Clinical input used")
 
 ALL_CODES: tuple[Code, ...] = (
     ASM_OUTCOME_PROGNOSIS, PROBABILITY_UNCONTROLLED, PREDICTED_OUTCOME, UNCONTROLLED,
     CONTROLLED, ENSEMBLE_MEMBER_USED, ENSEMBLE_MEMBER_NOT_USED, QUALITY_NOTE,
     BRAIN_EXTRACTION_METHOD, REGISTRATION_METRIC, ANALYSED_T2_SERIES, ANALYSED_FLAIR_SERIES,
     ANALYSIS_STATUS, NOT_ANALYSABLE, REASON_NOT_ANALYSABLE, FAILED_STAGE, USAGE_STATEMENT,
-    MEMBER_AGREEMENT, DECISION_THRESHOLD,
+    MEMBER_AGREEMENT, DECISION_THRESHOLD, RESULT_SUMMARY, CONFIDENCE_CATEGORY, THRESHOLD_MEANING,
+    CALIBRATION_STATEMENT, OTHER_ENSEMBLE_RESULT, INTENDED_USE_CHECK, DEGRADED_MODE, CLINICAL_INPUT,
 )
 
 

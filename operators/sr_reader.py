@@ -40,6 +40,12 @@ class ReportedOutcome:
         quality_notes: Quality note texts.
         usage_statements: Usage statement texts.
         reason / failed_stage: Why the study was not analysable.
+        result_summary: The one-sentence result.
+        confidence_category: The verbal category (``borderline``, ``leaning``, ``consistent``).
+        degraded_modes: Notices of degraded analysis (fallback brain extraction ...).
+        intended_use_checks: The intended-use check and any site widening.
+        clinical_inputs: The clinical inputs with their sources.
+        member_ensembles: Member name -> the ensemble it was reported under.
     """
 
     analysed: bool
@@ -61,6 +67,12 @@ class ReportedOutcome:
     usage_statements: list[str] = field(default_factory=list)
     reason: str | None = None
     failed_stage: str | None = None
+    result_summary: str | None = None
+    confidence_category: str | None = None
+    degraded_modes: list[str] = field(default_factory=list)
+    intended_use_checks: list[str] = field(default_factory=list)
+    clinical_inputs: list[str] = field(default_factory=list)
+    member_ensembles: dict[str, str] = field(default_factory=dict)
 
 
 def _is(item: Dataset, code: Code) -> bool:
@@ -74,6 +86,11 @@ def _algorithm_name(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> str |
         if _is(item, codes.DCM.AlgorithmName):
             return str(item.TextValue)
     return None
+
+
+def _series_uid(text: str) -> str:
+    """The UID of an analysed-series item (``series 3 "..." (24 images), UID 1.2...``, or a bare UID)."""
+    return text.rsplit("UID ", 1)[-1].strip()
 
 
 def read_result_sr(dataset: Dataset) -> ReportedOutcome:
@@ -136,11 +153,24 @@ def read_result_sr(dataset: Dataset) -> ReportedOutcome:
                 continue
             text = str(item.get("TextValue", ""))
             if _is(item, pc.ANALYSED_T2_SERIES):
-                result.t2_series_uid = text
+                result.t2_series_uid = _series_uid(text)
             elif _is(item, pc.ANALYSED_FLAIR_SERIES):
-                result.flair_series_uid = text
+                result.flair_series_uid = _series_uid(text)
             elif _is(item, pc.ENSEMBLE_MEMBER_USED):
-                result.members_used.append(text)
+                name, _, rest = text.partition(": ")
+                result.members_used.append(name)
+                if rest:
+                    result.member_ensembles[name] = rest.split(",")[0]
+            elif _is(item, pc.RESULT_SUMMARY):
+                result.result_summary = text
+            elif _is(item, pc.CONFIDENCE_CATEGORY):
+                result.confidence_category = text.partition(":")[0]
+            elif _is(item, pc.DEGRADED_MODE):
+                result.degraded_modes.append(text)
+            elif _is(item, pc.INTENDED_USE_CHECK):
+                result.intended_use_checks.append(text)
+            elif _is(item, pc.CLINICAL_INPUT):
+                result.clinical_inputs.append(text)
             elif _is(item, pc.ENSEMBLE_MEMBER_NOT_USED):
                 name, _, reason = text.partition(": ")
                 result.members_not_used[name] = reason

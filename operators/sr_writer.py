@@ -7,17 +7,25 @@ Two documents, both TID 1500 "Imaging Measurement Report" in the source study
 
     Imaging Measurement Report (TID 1500)
       Language, device observer (TID 1001/1004), Procedure reported (CID 100)
-      Image Library (TID 1600): every T2 and FLAIR instance analysed
+      Image Library (TID 1600): one group per analysed series (modality and
+        shared geometry once), one bare entry per instance (no per-slice
+        descriptors: they rendered as three footnotes per slice)
       Imaging Measurements
-        Measurement Group (TID 1501) per ensemble: fused probability and the
-          decision threshold; Algorithm Identification (name, version,
-          threshold, fusion weights)
-        Measurement Group per used member: member probability (mean of folds)
+        Measurement Group (TID 1501) of the primary ensemble first: fused
+          probability and decision threshold; then the other ensembles
+        Measurement Group per used member of every ensemble (mean of folds)
         Measurement Group "preprocessing quality": brain volume (ml) and
           registration metric; algorithm = brain-extraction method
-      Qualitative Evaluations (TID 1500 row 12): predicted outcome (CODE),
-        analysed series UIDs, members used / left out (with reason), quality
-        notes, brain-extraction method, usage statements (TEXT)
+      Qualitative Evaluations (TID 1500 row 12), in reading order: predicted
+        outcome (CODE); the result in one sentence with its confidence
+        category; research-use and synthetic-model statements; degraded
+        modes; intended-use check; threshold and calibration meaning; other
+        ensembles; analysed series (number, description, UID); members used /
+        left out; clinical inputs; quality notes; brain-extraction method
+
+  Every container is SEPARATE (each item is its own statement, so renderers
+  keep the labels) and numbers are rounded to the precision reports print
+  (:mod:`operators.report_wording`).
 
   The predicted class sits at document level rather than inside a TID 1501
   group because PixelMed's validator reports a qualitative evaluation inside
@@ -51,8 +59,10 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from operators import private_codes as pc
-from operators.datatypes import Preprocessed, Prediction, QualityFlag, Role, SelectedSeries
+from operators import report_wording as words
+from operators.datatypes import ClinicalData, Preprocessed, Prediction, QualityFlag, Role, SelectedSeries
 from operators.errors import PipelineError
+from operators.intended_use import IntendedUseCheck
 
 logger = logging.getLogger(__name__)
 
@@ -194,37 +204,16 @@ def _coded_modality(dataset: Dataset) -> Code:
         return codes.cid29.MagneticResonance
 
 
-_POSITION_CODES = (codes.DCM.ImagePositionPatientX, codes.DCM.ImagePositionPatientY,
-                   codes.DCM.ImagePositionPatientZ)
-_SHARED_GEOMETRY = ("Rows", "Columns", "PixelSpacing", "ImageOrientationPatient", "SliceThickness",
-                    "SpacingBetweenSlices", "FrameOfReferenceUID", "Modality")
-
-
-def _entry_descriptors(ds: Dataset) -> list[hd.sr.ContentItem]:
-    """TID 1602 descriptors of one instance, or its modality alone when highdicom
-    cannot describe it (Enhanced MR keeps its geometry in functional groups)."""
-    try:
-        return list(hd.sr.ImageLibraryEntryDescriptors(ds))
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return [hd.sr.CodeContentItem(name=codes.DCM.Modality, value=_coded_modality(ds),
-                                      relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT)]
-
-
-def _is_position(item: Dataset) -> bool:
-    concept = item.ConceptNameCodeSequence[0]
-    return any(concept.CodeValue == c.value and concept.CodingSchemeDesignator == c.scheme_designator
-               for c in _POSITION_CODES)
-
-
 def _image_library(datasets: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
-    """TID 1600 Image Library: one group per series, one entry per instance.
+    """TID 1600 Image Library: one group per analysed series, holding its modality and one entry.
 
-    When every instance of a series shares its geometry (the usual case), the
-    shared descriptors (modality, frame of reference, matrix, spacing,
-    orientation, thickness) sit once on the group and each entry carries only
-    its Image Position; otherwise every entry carries its full descriptors.
-    This keeps a 2 x 24-slice library at ~150 content items instead of ~1000
-    (highdicom's per-entry layout), which matters for build time and readers.
+    The measurements of this report refer to whole series, never to an image or
+    a location in one, so the library only has to say which series were used:
+    each group has the series' modality and one entry (its first instance), and
+    no geometry descriptors (TID 1602 makes them optional; renderers showed them
+    as three footnotes per slice, thousands of lines before the result). Every
+    analysed instance is listed in the Current Requested Procedure Evidence
+    Sequence of the header, where machines look for them.
     """
     by_series: dict[str, list[Dataset]] = {}
     for ds in datasets:
@@ -235,30 +224,13 @@ def _image_library(datasets: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
     for members in by_series.values():
         group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup,
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        first = _entry_descriptors(members[0])
-        shared_geometry = all(
-            all(ds.get(keyword) == members[0].get(keyword) for keyword in _SHARED_GEOMETRY)
-            and "ImagePositionPatient" in ds for ds in members)
-        position_items = [item for item in first if _is_position(item)]
-        if shared_geometry and len(position_items) == 3:
-            group.ContentSequence = hd.sr.ContentSequence(
-                [item for item in first if not _is_position(item)])
-        else:
-            group.ContentSequence = hd.sr.ContentSequence()
-        for ds in members:
-            entry = hd.sr.ImageContentItem(
-                name=_LIBRARY_ENTRY, referenced_sop_class_uid=ds.SOPClassUID,
-                referenced_sop_instance_uid=ds.SOPInstanceUID,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-            if shared_geometry and len(position_items) == 3:
-                descriptors = [hd.sr.NumContentItem(
-                    name=code, value=float(value), unit=Code("mm", "UCUM", "mm"),
-                    relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT)
-                    for code, value in zip(_POSITION_CODES, ds.ImagePositionPatient)]
-            else:
-                descriptors = _entry_descriptors(ds)
-            entry.ContentSequence = hd.sr.ContentSequence(descriptors)
-            group.ContentSequence.append(entry)
+        group.ContentSequence = hd.sr.ContentSequence([hd.sr.CodeContentItem(
+            name=codes.DCM.Modality, value=_coded_modality(members[0]),
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT)])
+        group.ContentSequence.append(hd.sr.ImageContentItem(
+            name=_LIBRARY_ENTRY, referenced_sop_class_uid=members[0].SOPClassUID,
+            referenced_sop_instance_uid=members[0].SOPInstanceUID,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
         library.ContentSequence.append(group)
     return library
 
@@ -278,6 +250,17 @@ def _report_root(app: AppIdentity, prediction: Prediction | None,
         items.append(_image_library(image_datasets))
     root.ContentSequence = hd.sr.ContentSequence(items)
     return root
+
+
+def research_series_description(title: str, prediction: Prediction | None) -> str:
+    """A Series Description (LO, 64 characters) that says research use, and synthetic models if so.
+
+    PACS lists series by this text and SR renderers print it first, so the
+    usage statement is seen before anything else.
+    """
+    synthetic = prediction is not None and prediction.model_set_synthetic
+    suffix = ": RESEARCH ONLY, SYNTHETIC MODEL" if synthetic else ": RESEARCH USE ONLY"
+    return (title[:64 - len(suffix)] + suffix)[:64]
 
 
 def _usage_statements(prediction: Prediction | None) -> list[str]:
@@ -301,17 +284,18 @@ def _series_by_role(selected_series: Sequence[SelectedSeries]) -> dict[Role, Sel
     return by_role
 
 
+def series_label(series: SelectedSeries) -> str:
+    """``series 3 "t2_tse_tra" (24 images), UID 1.2...`` (the UID always last)."""
+    return words.series_lines([series])[0].partition(": ")[2]
+
+
 def _analysed_series_items(by_role: dict[Role, SelectedSeries]) -> list[hd.sr.TextContentItem]:
     items = []
     if Role.T2 in by_role:
-        items.append(_text(pc.ANALYSED_T2_SERIES, by_role[Role.T2].series_instance_uid))
+        items.append(_text(pc.ANALYSED_T2_SERIES, series_label(by_role[Role.T2])))
     if Role.FLAIR in by_role:
-        items.append(_text(pc.ANALYSED_FLAIR_SERIES, by_role[Role.FLAIR].series_instance_uid))
+        items.append(_text(pc.ANALYSED_FLAIR_SERIES, series_label(by_role[Role.FLAIR])))
     return items
-
-
-def _quality_note(flag: QualityFlag) -> str:
-    return f"[{flag.severity}] {flag.code}: {flag.message}"
 
 
 def _format_weight(value: float) -> str:
@@ -322,7 +306,7 @@ def _ensemble_group(prediction: Prediction, study_uid: str, version: str
                     ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     weights = ",".join(f"{m.name}:{_format_weight(m.weight)}" for m in prediction.members if m.used)
     parameters = [
-        f"threshold={prediction.threshold:.4g}",
+        f"threshold={words.prob(prediction.threshold)}",
         "fusion=weighted average of member probabilities",
         f"weights={weights}",
         f"weights_renormalised={str(prediction.weights_renormalised).lower()}",
@@ -335,15 +319,15 @@ def _ensemble_group(prediction: Prediction, study_uid: str, version: str
         name=prediction.ensemble, version=prediction.model_set_version or version,
         parameters=parameters)
     measurements = [
-        hd.sr.Measurement(name=pc.PROBABILITY_UNCONTROLLED, value=float(prediction.fused_score),
+        hd.sr.Measurement(name=pc.PROBABILITY_UNCONTROLLED, value=words.rounded(prediction.fused_score),
                           unit=UNITY),
-        hd.sr.Measurement(name=pc.DECISION_THRESHOLD, value=float(prediction.threshold), unit=UNITY),
+        hd.sr.Measurement(name=pc.DECISION_THRESHOLD, value=words.rounded(prediction.threshold), unit=UNITY),
     ]
     agreement = prediction.agreement or {}
     spread = agreement.get("member_sd", agreement.get("member_std"))
     if spread is not None:
         measurements.append(hd.sr.Measurement(
-            name=pc.MEMBER_AGREEMENT, value=float(spread), unit=UNITY,
+            name=pc.MEMBER_AGREEMENT, value=words.rounded(spread), unit=UNITY,
             derivation=codes.SCT.StandardDeviation))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -383,7 +367,7 @@ def _member_groups(prediction: Prediction, study_uid: str, version: str
             finding_type=pc.ASM_OUTCOME_PROGNOSIS,
             algorithm_id=algorithm,
             measurements=[hd.sr.Measurement(
-                name=pc.PROBABILITY_UNCONTROLLED, value=float(member.score), unit=UNITY,
+                name=pc.PROBABILITY_UNCONTROLLED, value=words.rounded(member.score), unit=UNITY,
                 derivation=derivation)],
         ))
     return groups
@@ -400,10 +384,10 @@ def _quality_group(preprocessed: Preprocessed, study_uid: str, version: str
         algorithm_id=algorithm,
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Brain)],
         measurements=[
-            hd.sr.Measurement(name=codes.SCT.Volume, value=float(preprocessed.brain_volume_ml),
+            hd.sr.Measurement(name=codes.SCT.Volume, value=round(float(preprocessed.brain_volume_ml)),
                               unit=MILLILITER),
             hd.sr.Measurement(name=pc.REGISTRATION_METRIC,
-                              value=float(preprocessed.registration_metric), unit=UNITY),
+                              value=round(float(preprocessed.registration_metric), 3), unit=UNITY),
         ],
     )
 
@@ -412,11 +396,31 @@ def _member_items(prediction: Prediction) -> list[hd.sr.TextContentItem]:
     items = []
     for member in prediction.members:
         if member.used:
-            items.append(_text(pc.ENSEMBLE_MEMBER_USED, member.name))
+            folds = ", ".join(words.prob(v) for v in member.fold_scores)
+            items.append(_text(pc.ENSEMBLE_MEMBER_USED,
+                               f"{member.name}: {prediction.ensemble}, probability {words.prob(member.score)}, "
+                               f"weight {member.weight:.2f}, folds {folds}"))
         else:
             reason = member.reason_left_out or "not given"
             items.append(_text(pc.ENSEMBLE_MEMBER_NOT_USED, f"{member.name}: {reason}"))
     return items
+
+
+def result_sentence(prediction: Prediction) -> str:
+    """The result in one sentence: primary ensemble, class, fused probability, spread, category."""
+    confidence = words.confidence(prediction)
+    return (f"{prediction.ensemble} (primary ensemble): {words.outcome(prediction)} predicted, "
+            f"{confidence.category}. Fused probability {words.prob(prediction.fused_score)} "
+            f"(threshold {words.prob(prediction.threshold)}; {words.spread(prediction)}).")
+
+
+def _separate_containers(items: Sequence[Dataset]) -> None:
+    """Mark every container SEPARATE: its items are separate statements, not one running text."""
+    for item in items:
+        if item.get("ValueType") == "CONTAINER":
+            item.ContinuityOfContent = "SEPARATE"
+        if "ContentSequence" in item:
+            _separate_containers(item.ContentSequence)
 
 
 def _patient_study_source(dataset: Dataset) -> Dataset:
@@ -461,6 +465,10 @@ def _build_sr(evidence: list[Dataset], content: Any, app: AppIdentity, predictio
             contributing_equipment=[_contributing_equipment(app, prediction, equipment_description)],
         )
     pc.declare_private_scheme(sr)
+    _separate_containers(sr.ContentSequence)
+    sr.ContinuityOfContent = "SEPARATE"
+    sr.SeriesDate = sr.ContentDate
+    sr.SeriesTime = sr.ContentTime
     sr.SeriesDescription = series_description
     sr.ManufacturerModelName = app.model_name
     sr.SoftwareVersions = app.resolved_version()
@@ -476,6 +484,8 @@ def build_result_sr(
     series_number: int = DEFAULT_SR_SERIES_NUMBER,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    clinical: ClinicalData | None = None,
+    intended_use: IntendedUseCheck | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 result SR of an analysed study.
 
@@ -488,6 +498,8 @@ def build_result_sr(
         series_number: Series Number of the new SR series.
         series_instance_uid: UID of the new series (generated when None).
         sop_instance_uid: UID of the SR instance (generated when None).
+        clinical: The clinical inputs and their sources, if known.
+        intended_use: The intended-use gate's decision (and any site widening).
 
     Returns:
         The SR document (a ``pydicom.Dataset`` subclass), ready to save.
@@ -504,10 +516,10 @@ def build_result_sr(
     study_uid = str(evidence[0].StudyInstanceUID)
 
     root = _report_root(app, prediction, image_datasets)
-    groups = [_ensemble_group(prediction, study_uid, version)]
-    for name, other in (prediction.other_ensembles or {}).items():
-        groups.append(_ensemble_group(other, study_uid, version))
-    groups.extend(_member_groups(prediction, study_uid, version))
+    ensembles = [prediction, *(prediction.other_ensembles or {}).values()]
+    groups = [_ensemble_group(ensemble, study_uid, version) for ensemble in ensembles]
+    for ensemble in ensembles:
+        groups.extend(_member_groups(ensemble, study_uid, version))
     if preprocessed is not None:
         groups.append(_quality_group(preprocessed, study_uid, version))
     measurements = hd.sr.ContainerContentItem(
@@ -517,23 +529,37 @@ def build_result_sr(
     root.ContentSequence.append(measurements)
 
     outcome = pc.UNCONTROLLED if prediction.predicted_uncontrolled else pc.CONTROLLED
-    evaluations: list[Any] = [_code(pc.PREDICTED_OUTCOME, outcome)]
+    confidence = words.confidence(prediction)
+    evaluations: list[Any] = [
+        _code(pc.PREDICTED_OUTCOME, outcome),
+        _text(pc.RESULT_SUMMARY, result_sentence(prediction)),
+        _text(pc.CONFIDENCE_CATEGORY, f"{confidence.category}: {confidence.explanation}"),
+    ]
+    evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
+    evaluations.extend(_text(pc.DEGRADED_MODE, note)
+                       for note in words.degraded_modes(prediction, preprocessed))
+    if intended_use is not None:
+        evaluations.extend(_text(pc.INTENDED_USE_CHECK, line) for line in intended_use.statements())
+    evaluations.append(_text(pc.THRESHOLD_MEANING, words.threshold_statement(prediction)))
+    evaluations.append(_text(pc.CALIBRATION_STATEMENT, words.calibration_statement(prediction)))
+    evaluations.extend(_text(pc.OTHER_ENSEMBLE_RESULT, line)
+                       for line in words.other_ensemble_lines(prediction))
     evaluations.extend(_analysed_series_items(by_role))
-    evaluations.extend(_member_items(prediction))
-    if prediction.weights_renormalised:
-        evaluations.append(_text(pc.QUALITY_NOTE, "[info] WEIGHTS_RENORMALISED: ensemble weights "
-                                 "renormalised over the members that could be run"))
+    for ensemble in [prediction, *(prediction.other_ensembles or {}).values()]:
+        evaluations.extend(_member_items(ensemble))
+    if clinical is not None:
+        evaluations.extend(_text(pc.CLINICAL_INPUT, line) for line in words.clinical_lines(clinical))
     if preprocessed is not None:
+        evaluations.extend(_text(pc.QUALITY_NOTE, line) for line in words.quality_lines(preprocessed.flags))
         evaluations.append(_text(pc.BRAIN_EXTRACTION_METHOD,
                                  preprocessed.brain_extraction_method or "unknown"))
-        evaluations.extend(_text(pc.QUALITY_NOTE, _quality_note(f)) for f in preprocessed.flags)
-    evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
     root.ContentSequence.append(_qualitative_container(evaluations))
 
     sr = _build_sr(evidence, root, app, prediction, series_number=series_number,
                    series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
                    equipment_description=f"AI prognosis {prediction.ensemble} (research use only)",
-                   series_description=f"AI {prediction.ensemble} epilepsy outcome (research)")
+                   series_description=research_series_description(
+                       f"AI epilepsy outcome {prediction.ensemble}", prediction))
     logger.info("Result SR %s built for study %s: %s p=%.3f", sr.SOPInstanceUID, study_uid,
                 "uncontrolled" if prediction.predicted_uncontrolled else "controlled",
                 prediction.fused_score)
@@ -594,16 +620,17 @@ def build_not_analysable_sr(
         _text(pc.REASON_NOT_ANALYSABLE, error.reason),
         _text(pc.FAILED_STAGE, error.stage),
     ]
+    evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
     evaluations.extend(_analysed_series_items(by_role))
     flags = list(quality_flags) or list(getattr(error, "flags", None) or [])
-    evaluations.extend(_text(pc.QUALITY_NOTE, _quality_note(f)) for f in flags)
-    evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
+    evaluations.extend(_text(pc.QUALITY_NOTE, line) for line in words.quality_lines(flags))
     root.ContentSequence.append(_qualitative_container(evaluations))
 
     sr = _build_sr(evidence, root, app, prediction, series_number=series_number,
                    series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid,
                    equipment_description="AI prognosis not performed: study not analysable (research use only)",
-                   series_description="AI epilepsy outcome: not analysable")
+                   series_description=research_series_description(
+                       "AI epilepsy outcome NOT ANALYSABLE", prediction))
     logger.info("Not-analysable SR %s built for study %s (stage %s)", sr.SOPInstanceUID,
                 sr.StudyInstanceUID, error.stage)
     return sr

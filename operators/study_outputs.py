@@ -1,7 +1,7 @@
 """Write the configured results of one study into an output folder.
 
-The result SR is the product and is written first; the optional FLAIR3 series
-and PDF report follow. A failure of an optional output is logged and recorded
+The result SR is the product and is written first; the result page (a
+Secondary Capture image), the optional FLAIR3 series and the PDF report follow. A failure of an optional output is logged and recorded
 in :class:`WrittenOutputs` without taking the SR with it. All files go flat into
 the output folder as ``<SOPInstanceUID>.dcm`` (the MONAI Deploy convention; the
 DICOM node's outbox sends every file it finds there).
@@ -20,11 +20,14 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from operators.datatypes import Prediction, Preprocessed, SelectedSeries
+from operators.datatypes import ClinicalData, Prediction, Preprocessed, SelectedSeries
 from operators.errors import PipelineError
 from operators.flair3_series import build_flair3_series, save_series
+from operators.intended_use import IntendedUseCheck
 from operators.output_config import OutputConfig, load_output_config
 from operators.pdf_report import build_encapsulated_pdf, render_report_pdf, save_pdf_instance
+from operators.report_wording import model_card_summary_from
+from operators.result_page import build_result_page_sc, render_result_page, save_result_page
 from operators.sr_writer import AppIdentity, build_not_analysable_sr, build_result_sr, save_sr
 from operators.lazy_operator import lazy_operator
 
@@ -39,11 +42,12 @@ class WrittenOutputs:
     not_analysable_sr: Path | None = None
     flair3_series: list[Path] = field(default_factory=list)
     pdf: Path | None = None
+    result_page: Path | None = None
     failures: dict[str, str] = field(default_factory=dict)
 
     def paths(self) -> list[Path]:
         """Every file written."""
-        single = [p for p in (self.sr, self.not_analysable_sr, self.pdf) if p is not None]
+        single = [p for p in (self.sr, self.not_analysable_sr, self.result_page, self.pdf) if p is not None]
         return single + list(self.flair3_series)
 
 
@@ -56,6 +60,9 @@ def write_study_outputs(
     config: OutputConfig | None = None,
     app: AppIdentity | None = None,
     model_card_base_dir: Path | None = None,
+    clinical: ClinicalData | None = None,
+    intended_use: IntendedUseCheck | None = None,
+    model_card: Path | None = None,
 ) -> WrittenOutputs:
     """Write the configured outputs of an analysed study.
 
@@ -67,6 +74,10 @@ def write_study_outputs(
         config: Which outputs to write; defaults to :class:`OutputConfig`.
         app: How the app identifies itself.
         model_card_base_dir: Folder against which a relative model-card file resolves.
+        clinical: The clinical inputs and their sources (shown in every report).
+        intended_use: The intended-use gate's decision (shown in every report).
+        model_card: The model set's card; its summary is printed unless the
+            configuration gives one.
 
     Returns:
         What was written.
@@ -76,8 +87,20 @@ def write_study_outputs(
     written = WrittenOutputs()
     if config.sr:
         sr = build_result_sr(prediction, selected_series, preprocessed, app=app,
-                             series_number=config.sr_series_number)
+                             series_number=config.sr_series_number, clinical=clinical,
+                             intended_use=intended_use)
         written.sr = save_sr(sr, output_folder)
+    if config.result_page:
+        try:
+            page = render_result_page(prediction, selected_series, preprocessed, clinical=clinical,
+                                      intended_use=intended_use)
+            instance = build_result_page_sc(
+                page, selected_series, series_number=config.result_page_series_number,
+                manufacturer=app.manufacturer, software_version=app.resolved_version())
+            written.result_page = save_result_page(instance, output_folder)
+        except Exception as error:  # optional output: keep the SR going
+            logger.exception("Result page not written")
+            written.failures["result_page"] = str(error)
     if config.flair3_series:
         if preprocessed is None:
             written.failures["flair3_series"] = "no preprocessed images"
@@ -92,9 +115,11 @@ def write_study_outputs(
                 written.failures["flair3_series"] = str(error)
     if config.pdf:
         try:
+            summary = (config.model_card_text(model_card_base_dir)
+                       or model_card_summary_from(model_card))
             pdf = render_report_pdf(prediction, selected_series, preprocessed,
-                                    model_card_summary=config.model_card_text(model_card_base_dir),
-                                    app_version=app.resolved_version())
+                                    model_card_summary=summary, app_version=app.resolved_version(),
+                                    clinical=clinical, intended_use=intended_use)
             instance = build_encapsulated_pdf(
                 pdf, selected_series, series_number=config.pdf_series_number,
                 manufacturer=app.manufacturer, software_version=app.resolved_version())
@@ -153,6 +178,8 @@ def _build_operator() -> type:
             t2_series: :class:`~operators.datatypes.SelectedSeries` (T2).
             flair_series: :class:`~operators.datatypes.SelectedSeries` (FLAIR).
             preprocessed: :class:`~operators.datatypes.Preprocessed` (optional).
+            clinical: :class:`~operators.datatypes.ClinicalData` (optional).
+            intended_use: :class:`~operators.intended_use.IntendedUseCheck` (optional).
 
         Named output:
             outputs: :class:`WrittenOutputs` (the files written).
@@ -163,7 +190,8 @@ def _build_operator() -> type:
 
         def __init__(self, fragment: Fragment, *args: Any, output_folder: Path | str,
                      config: OutputConfig | Path | str | None = None,
-                     app: AppIdentity | None = None, **kwargs: Any) -> None:
+                     app: AppIdentity | None = None, model_card: Path | None = None,
+                     **kwargs: Any) -> None:
             """Create the operator.
 
             Args:
@@ -171,12 +199,14 @@ def _build_operator() -> type:
                 output_folder: Folder for the DICOM files.
                 config: An :class:`OutputConfig`, or a YAML file path, or None for defaults.
                 app: How the app identifies itself in the objects it writes.
+                model_card: The model set's card (its summary goes into the PDF).
             """
             self.output_folder = Path(output_folder)
             self.config_dir = Path(config).parent if isinstance(config, (str, Path)) else None
             self.config = (config if isinstance(config, OutputConfig)
                            else load_output_config(config))
             self.app = app
+            self.model_card = model_card
             super().__init__(fragment, *args, **kwargs)
 
         def setup(self, spec: OperatorSpec) -> None:
@@ -184,6 +214,8 @@ def _build_operator() -> type:
             spec.input("t2_series").condition(ConditionType.NONE)
             spec.input("flair_series")
             spec.input("preprocessed").condition(ConditionType.NONE)
+            spec.input("clinical").condition(ConditionType.NONE)
+            spec.input("intended_use").condition(ConditionType.NONE)
             spec.output("outputs").condition(ConditionType.NONE)
 
         def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
@@ -192,7 +224,8 @@ def _build_operator() -> type:
             written = write_study_outputs(
                 self.output_folder, op_input.receive("prediction"), selected,
                 op_input.receive("preprocessed"), config=self.config, app=self.app,
-                model_card_base_dir=self.config_dir)
+                model_card_base_dir=self.config_dir, clinical=op_input.receive("clinical"),
+                intended_use=op_input.receive("intended_use"), model_card=self.model_card)
             op_output.emit(written, "outputs")
 
     return StudyOutputsOperator

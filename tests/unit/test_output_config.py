@@ -52,17 +52,29 @@ def test_all_outputs_written_when_enabled(tmp_path):
     assert len(written.flair3_series) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written.paths())
     modalities = sorted(pydicom.dcmread(p).Modality for p in written.paths())
-    assert modalities == ["DOC", "MR", "MR", "MR", "SR"]
+    assert modalities == ["DOC", "MR", "MR", "MR", "OT", "SR"]
     numbers = {pydicom.dcmread(p).Modality: pydicom.dcmread(p).SeriesNumber for p in written.paths()}
-    assert numbers == {"SR": 9001, "MR": 9002, "DOC": 9003}
+    assert numbers == {"SR": 9001, "MR": 9002, "DOC": 9003, "OT": 9004}
+    for path in written.paths():  # every written object is listed by date in a PACS
+        ds = pydicom.dcmread(path)
+        assert ds.SeriesDate and ds.SeriesTime, ds.Modality
 
 
 def test_only_sr_when_optional_outputs_off(tmp_path):
     selected = make_selected(StudyHeader(), slices=2)
     written = write_study_outputs(tmp_path, make_prediction(), selected, None,
-                                  config=OutputConfig(pdf=False, flair3_series=False))
+                                  config=OutputConfig(pdf=False, flair3_series=False, result_page=False))
     assert written.paths() == [written.sr]
     assert written.failures == {}
+
+
+def test_result_page_is_on_by_default_and_needs_no_images(tmp_path):
+    selected = make_selected(StudyHeader(), slices=2)
+    written = write_study_outputs(tmp_path, make_prediction(), selected, None,
+                                  config=OutputConfig(pdf=False))
+    assert OutputConfig().result_page
+    assert written.failures == {}
+    assert pydicom.dcmread(written.result_page).SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
 
 
 def test_optional_output_failure_keeps_the_sr(tmp_path):

@@ -61,19 +61,25 @@ def test_result_sr_reads_back_the_pipeline_values(analysed):
     reported = read_result_sr(ds)
 
     assert reported.analysed
-    assert reported.ensemble_probabilities == {prediction.ensemble: pytest.approx(prediction.fused_score)}
+    # values are rounded to the precision the reports print (3 decimals)
+    assert reported.ensemble_probabilities == {prediction.ensemble: round(prediction.fused_score, 3)}
     assert reported.threshold == pytest.approx(prediction.threshold)
-    assert reported.member_spread == pytest.approx(prediction.agreement["member_sd"])
+    assert reported.member_spread == round(prediction.agreement["member_sd"], 3)
     assert reported.predicted_uncontrolled is prediction.predicted_uncontrolled
     used = [m for m in prediction.members if m.used]
-    assert reported.member_probabilities == {m.name: pytest.approx(m.score) for m in used}
+    assert reported.member_probabilities == {m.name: round(m.score, 3) for m in used}
     assert reported.members_used == [m.name for m in used]
     assert reported.members_not_used == {m.name: m.reason_left_out
                                          for m in prediction.members if not m.used}
-    assert reported.brain_volume_ml == pytest.approx(preprocessed.brain_volume_ml)
+    assert reported.brain_volume_ml == round(preprocessed.brain_volume_ml)
     assert reported.brain_extraction_method == preprocessed.brain_extraction_method
-    assert len(reported.quality_notes) == len(preprocessed.flags) + 1  # + weights renormalised
+    assert len(reported.quality_notes) == len(preprocessed.flags)
+    assert reported.quality_notes[0].startswith("[warning]")  # most severe first
     assert all(f.code in " ".join(reported.quality_notes) for f in preprocessed.flags)
+    assert any(n.startswith("Members left out, weights renormalised") for n in reported.degraded_modes)
+    assert reported.confidence_category == "consistent"
+    assert reported.result_summary.startswith("WAE-Net (primary ensemble): uncontrolled")
+    assert "Fused probability 0.713" in reported.result_summary
     assert "calibration=platt slope 1.2 intercept 0.1" in _texts(ds)  # the member's algorithm parameters
 
 
@@ -87,7 +93,9 @@ def test_result_sr_references_exactly_the_analysed_instances(analysed):
     assert reported.evidence_series_uids == {s.series_instance_uid for s in selected}
     expected_sops = [d.SOPInstanceUID for role in (Role.T2, Role.FLAIR)
                      for d in by_role[role].datasets]
-    assert reported.image_library_sop_uids == expected_sops
+    # the library names each analysed series once; the evidence lists every instance
+    assert reported.image_library_sop_uids == [by_role[role].datasets[0].SOPInstanceUID
+                                               for role in (Role.T2, Role.FLAIR)]
     evidence_sops = {sop.ReferencedSOPInstanceUID
                      for study in ds.CurrentRequestedProcedureEvidenceSequence
                      for series in study.ReferencedSeriesSequence
@@ -146,7 +154,7 @@ def test_other_ensembles_are_reported():
     other = replace(make_prediction(fused=0.42), ensemble="eTSC-Net")
     prediction.other_ensembles = {"eTSC-Net": other}
     reported = read_result_sr(_round_trip(build_result_sr(prediction, selected)))
-    assert reported.ensemble_probabilities == {"WAE-Net": pytest.approx(prediction.fused_score),
+    assert reported.ensemble_probabilities == {"WAE-Net": round(prediction.fused_score, 3),
                                                "eTSC-Net": pytest.approx(0.42)}
 
 
@@ -190,7 +198,7 @@ def test_not_analysable_after_selection_names_the_series():
     assert reported.failed_stage == "quality_check"
     assert reported.t2_series_uid == selected[0].series_instance_uid
     assert reported.flair_series_uid == selected[1].series_instance_uid
-    assert len(reported.image_library_sop_uids) == sum(len(s.datasets) for s in selected)
+    assert reported.image_library_sop_uids == [s.datasets[0].SOPInstanceUID for s in selected]
     assert len(reported.quality_notes) == len(flags)
 
 
@@ -204,3 +212,41 @@ def test_private_codes_are_unique_and_fit_dicom_lengths():
     assert len(values) == len(set(values))
     assert all(len(c.value) <= 16 and len(c.meaning) <= 64 for c in pc.ALL_CODES)
     assert pc.SCHEME_DESIGNATOR.startswith("99") and len(pc.SCHEME_DESIGNATOR) <= 16
+
+
+def test_every_container_is_separate_and_series_are_named(analysed):
+    _, selected, _, _, ds = analysed
+
+    def containers(items):
+        for item in items:
+            if item.ValueType == "CONTAINER":
+                yield item
+            yield from containers(item.get("ContentSequence", []))
+
+    assert ds.ContinuityOfContent == "SEPARATE"
+    assert {c.ContinuityOfContent for c in containers(ds.ContentSequence)} == {"SEPARATE"}
+    texts = _texts(ds)
+    t2 = selected[0].datasets[0]
+    assert f'series {t2.SeriesNumber} "{t2.SeriesDescription}" ({len(selected[0].datasets)} images), ' \
+        f'UID {t2.SeriesInstanceUID}' in texts
+    assert ds.SeriesDate == ds.ContentDate and ds.SeriesTime == ds.ContentTime
+    assert "RESEARCH" in ds.SeriesDescription and len(ds.SeriesDescription) <= 64
+
+
+def test_statements_carry_intended_use_and_clinical_inputs():
+    from operators.datatypes import ClinicalData, ClinicalValue
+    from operators.intended_use import IntendedPopulation, SiteIntendedUse, check_intended_use
+
+    selected = make_selected(StudyHeader())
+    site = SiteIntendedUse(max_age_years=21, reason="local research protocol 42")
+    check = check_intended_use(selected[0].datasets[0], IntendedPopulation(), site)
+    clinical = ClinicalData(ClinicalValue("age_at_onset_months", 5.0, "clinical.json"),
+                            ClinicalValue("age_at_imaging_months", 48.0, "DICOM PatientAge"),
+                            ClinicalValue("infantile_spasms", 1.0, "clinical.json"),
+                            ClinicalValue("asm_count_ge_3", 0.0, "clinical.json"))
+    reported = read_result_sr(_round_trip(build_result_sr(make_prediction(), selected, clinical=clinical,
+                                                          intended_use=check)))
+    assert any("0–18 years" in line and "age 4.0 years" in line for line in reported.intended_use_checks)
+    assert any("widened" in line and "local research protocol 42" in line
+               for line in reported.intended_use_checks)
+    assert "Infantile spasms: yes (source: clinical.json)" in reported.clinical_inputs
