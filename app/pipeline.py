@@ -271,6 +271,8 @@ def describe_result(result: StudyResult) -> str:
     out = result.outputs
     if out.sr:
         lines.append(f"SR: {out.sr}")
+    if out.result_page:
+        lines.append(f"Result page: {out.result_page}")
     if out.pdf:
         lines.append(f"PDF: {out.pdf}")
     if out.flair3_series:

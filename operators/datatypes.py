@@ -274,9 +274,10 @@ class Prediction:
         model_set_identity: SHA-256 over the manifest and its weight hashes; changes
             whenever the model set changes (use it to derive the device UID).
         intended_use: Intended-use statement of the model set (for the report).
-        threshold_rule: How the threshold was chosen (manifest ``threshold`` mapping
-            without ``value``: ``rule``, ``sensitivity``, ``specificity`` ...); empty
-            when the manifest gives a bare number.
+        threshold_rule: How the threshold was chosen, from the manifest's ``threshold``
+            block: ``rule``, ``description``, ``fitted_on`` and its metrics
+            (``sensitivity``, ``sensitivity_ci``, ``specificity``, ...); empty when the
+            manifest gives a plain number.
     """
 
     ensemble: str

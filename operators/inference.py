@@ -436,8 +436,12 @@ class EnsembleRunner:
         prediction.model_set_synthetic = ms.synthetic
         prediction.model_set_identity = ms.identity
         prediction.intended_use = ms.intended_use
-        spec = ms.ensembles.get(prediction.ensemble)
-        prediction.threshold_rule = dict(spec.threshold_rule) if spec is not None else {}
+        # How the threshold was chosen, when the manifest records it (a ``threshold:`` block
+        # {value, rule, description, fitted_on, metrics}; a plain number records nothing).
+        info = getattr(ms.ensembles.get(prediction.ensemble), "threshold_info", None)
+        prediction.threshold_rule = ({"rule": info.rule, "description": info.description,
+                                      "fitted_on": info.fitted_on, **dict(info.metrics)}
+                                     if info is not None else {})
         return prediction
 
 

@@ -80,8 +80,8 @@ class IntendedPopulation:
 
     @property
     def age_range(self) -> str:
-        """E.g. ``"0–18 years"``."""
-        return f"{_years(self.min_age_years)}–{_years(self.max_age_years)} years"
+        """E.g. ``"0-18 years"``."""
+        return f"{_years(self.min_age_years)}-{_years(self.max_age_years)} years"
 
     def describe(self) -> str:
         """One line for reports."""
@@ -148,7 +148,7 @@ class SiteIntendedUse:
         high = population.max_age_years if self.max_age_years is None else self.max_age_years
         if low > population.min_age_years or high < population.max_age_years:
             raise ValueError(f"intended_use may only widen the model set's age range "
-                             f"{population.age_range}, got {_years(low)}–{_years(high)} years")
+                             f"{population.age_range}, got {_years(low)}-{_years(high)} years")
         return IntendedPopulation(low, high, population.required_series, population.declared)
 
     @classmethod

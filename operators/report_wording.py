@@ -79,16 +79,16 @@ def confidence(prediction: Prediction) -> Confidence:
     low, high = min(scores), max(scores)
     if low <= t <= high and len(scores) > 1:
         return Confidence("borderline", f"the threshold {prob(t)} lies within the members' range "
-                                        f"{prob(low)}–{prob(high)}: the members disagree")
+                                        f"{prob(low)}-{prob(high)}: the members disagree")
     if abs(prediction.fused_score - t) < BORDERLINE_MARGIN:
         return Confidence("borderline", f"the fused probability is within {BORDERLINE_MARGIN:.2f} of "
                                         f"the threshold {prob(t)}")
     if min(folds) <= t <= max(folds):
         return Confidence("leaning", f"the members agree, but the threshold {prob(t)} lies within the "
-                                     f"fold models' range {prob(min(folds))}–{prob(max(folds))}")
+                                     f"fold models' range {prob(min(folds))}-{prob(max(folds))}")
     return Confidence("consistent", f"all {len(folds)} fold models of the {len(used)} members used are on "
                                     f"the same side of the threshold {prob(t)} "
-                                    f"(range {prob(min(folds))}–{prob(max(folds))})")
+                                    f"(range {prob(min(folds))}-{prob(max(folds))})")
 
 
 def headline(prediction: Prediction) -> str:
@@ -101,9 +101,9 @@ def spread(prediction: Prediction) -> str:
     used = _used(prediction)
     scores = [float(m.score) for m in used]
     folds = [float(s) for m in used for s in m.fold_scores]
-    parts = [f"members {prob(min(scores))}–{prob(max(scores))}"]
+    parts = [f"members {prob(min(scores))}-{prob(max(scores))}"]
     if folds and len(folds) > len(scores):
-        parts.append(f"fold models {prob(min(folds))}–{prob(max(folds))}")
+        parts.append(f"fold models {prob(min(folds))}-{prob(max(folds))}")
     return ", ".join(parts)
 
 
@@ -113,19 +113,20 @@ def threshold_statement(prediction: Prediction) -> str:
     text = (f"Decision threshold {prob(prediction.threshold)} on the fused probability: at or above it "
             f"the result reads '{OUTCOME_UNCONTROLLED}'.")
     if rule.get("rule"):
-        text += f" Chosen by the rule: {rule['rule']}"
-        where = rule.get("data") or rule.get("on")
-        text += f" (on {where})." if where else "."
+        text += f" Chosen by the rule: {rule.get('description') or rule['rule']}"
+        where = rule.get("fitted_on")
+        text += f", on {where}." if where else "."
         metrics = []
         for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity")):
             value = rule.get(key)
             if isinstance(value, (int, float)):
                 ci = rule.get(f"{key}_ci")
-                ci_text = (f" (95% CI {float(ci[0]):.2f}–{float(ci[1]):.2f})"
+                ci_text = (f" (95% CI {float(ci[0]):.2f}-{float(ci[1]):.2f})"
                            if isinstance(ci, (list, tuple)) and len(ci) == 2 else "")
                 metrics.append(f"{label} {float(value):.2f}{ci_text}")
         if metrics:
-            text += " At it: " + ", ".join(metrics) + "."
+            how = f", {rule['estimated_by']}" if rule.get("estimated_by") else ""
+            text += f" At it{how}: " + ", ".join(metrics) + "."
     else:
         text += (" The model set records no rule for choosing it (the published methods used 0.5); "
                  "its sensitivity and specificity are in the model card.")
@@ -251,7 +252,7 @@ def model_card_summary(card_text: str, limit: int = 900) -> str:
     summary = re.sub(r"[*`_]{1,2}", "", " ".join(parts)).strip()
     if len(summary) > limit:
         cut = summary[:limit].rfind(". ")
-        summary = summary[:cut + 1] if cut > 0 else summary[:limit] + "…"
+        summary = summary[:cut + 1] if cut > 0 else summary[:limit] + "..."
     return summary
 
 

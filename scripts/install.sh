@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dcmtk dcm2niix orthanc libpixelmed-java default-jdk-headless poppler-utils iproute2 util-linux openssl)
+DEBIAN_PACKAGES=(dcmtk dcm2niix dicom3tools orthanc libpixelmed-java default-jdk-headless poppler-utils iproute2 util-linux openssl)
 
 install_debian_tools() {
   local missing=()

@@ -60,8 +60,14 @@ def test_analysed_study_gives_sr_with_the_fused_scores(study, model_set: Path, t
     sr = pydicom.dcmread(REPO / sr_line[4:])
     outcome = read_result_sr(sr)
     assert outcome.analysed
-    assert outcome.ensemble_probabilities["WAE-Net"] == pytest.approx((0.65 + 0.8 + 0.5 + 0.3) / 4, abs=1e-4)
-    assert outcome.ensemble_probabilities["eTSC-Net"] == pytest.approx(0.6 * 0.4 + 0.4 * 0.9, abs=1e-4)
+    # the SR rounds probabilities to 3 decimals
+    assert outcome.ensemble_probabilities["WAE-Net"] == pytest.approx((0.65 + 0.8 + 0.5 + 0.3) / 4, abs=6e-4)
+    assert outcome.ensemble_probabilities["eTSC-Net"] == pytest.approx(0.6 * 0.4 + 0.4 * 0.9, abs=6e-4)
+    assert outcome.member_ensembles["t2_etsc"] == "eTSC-Net"  # both ensembles' members are reported
+    assert any("age" in line and "0-18 years" in line for line in outcome.intended_use_checks)
+    assert any("Age at imaging" in line for line in outcome.clinical_inputs)
+    page_line = next(line for line in result.stdout.splitlines() if line.startswith("Result page: "))
+    assert pydicom.dcmread(REPO / page_line[13:]).Modality == "OT"
     assert outcome.predicted_uncontrolled is True
     assert outcome.t2_series_uid == study.t2_series_uid
     assert outcome.flair_series_uid == study.flair_series_uid
@@ -83,6 +89,27 @@ def test_study_without_flair_gets_not_analysable_sr(model_set: Path, tmp_path: P
     assert not outcome.analysed
     assert outcome.failed_stage == "series_selection"
     assert "FLAIR" in outcome.reason
+
+
+def test_adult_study_is_outside_the_intended_use(model_set: Path, tmp_path: Path) -> None:
+    study = generate_study(tmp_path / "studies", 4244, StudyOptions(flair_matrix=(128, 128), t2_matrix=(128, 128)))
+    for path in study.input_dir.rglob("*"):
+        if path.is_file() and path.suffix != ".json":
+            ds = pydicom.dcmread(path)
+            year = int(ds.StudyDate[:4]) - 56
+            ds.PatientBirthDate = f"{year}{ds.StudyDate[4:8]}"
+            ds.PatientAge = "056Y"
+            ds.save_as(path)
+    out = tmp_path / "out"
+    result = run_app("-i", study.input_dir, "-o", out, "-m", model_set)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    (reason,) = [line for line in result.stderr.splitlines() if line.startswith("NOT ANALYSABLE")]
+    assert "age 56 years is outside the intended use, 0-18 years" in reason
+    (sr_path,) = out.glob("*.dcm")
+    outcome = read_result_sr(pydicom.dcmread(sr_path))
+    assert not outcome.analysed and outcome.failed_stage == "intended_use"
+    assert outcome.reason == "age 56 years is outside the intended use, 0-18 years"
 
 
 def test_bad_model_set_fails_at_start_up(study, model_set: Path, tmp_path: Path) -> None:

@@ -246,7 +246,7 @@ def test_statements_carry_intended_use_and_clinical_inputs():
                             ClinicalValue("asm_count_ge_3", 0.0, "clinical.json"))
     reported = read_result_sr(_round_trip(build_result_sr(make_prediction(), selected, clinical=clinical,
                                                           intended_use=check)))
-    assert any("0–18 years" in line and "age 4.0 years" in line for line in reported.intended_use_checks)
+    assert any("0-18 years" in line and "age 4.0 years" in line for line in reported.intended_use_checks)
     assert any("widened" in line and "local research protocol 42" in line
                for line in reported.intended_use_checks)
     assert "Infantile spasms: yes (source: clinical.json)" in reported.clinical_inputs
