@@ -205,32 +205,37 @@ def _coded_modality(dataset: Dataset) -> Code:
 
 
 def _image_library(datasets: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
-    """TID 1600 Image Library: one group per analysed series, holding its modality and one entry.
+    """TID 1600 Image Library: one entry per analysed series, grouped by modality.
 
     The measurements of this report refer to whole series, never to an image or
     a location in one, so the library only has to say which series were used:
-    each group has the series' modality and one entry (its first instance), and
-    no geometry descriptors (TID 1602 makes them optional; renderers showed them
-    as three footnotes per slice, thousands of lines before the result). Every
-    analysed instance is listed in the Current Requested Procedure Evidence
-    Sequence of the header, where machines look for them.
+    one entry per series (its first instance) in a group per modality (the T2
+    and FLAIR are both MR: one group), and no geometry descriptors (TID 1602
+    makes them optional; renderers showed them as three footnotes per slice,
+    thousands of lines before the result). Every analysed instance is listed in
+    the Current Requested Procedure Evidence Sequence of the header, where
+    machines look for them.
     """
-    by_series: dict[str, list[Dataset]] = {}
+    first_of_series: dict[str, Dataset] = {}
     for ds in datasets:
-        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+        first_of_series.setdefault(str(ds.SeriesInstanceUID), ds)
+    by_modality: dict[str, list[Dataset]] = {}
+    for ds in first_of_series.values():
+        by_modality.setdefault(str(ds.get("Modality", "")), []).append(ds)
     library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary,
                                          relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     library.ContentSequence = hd.sr.ContentSequence()
-    for members in by_series.values():
+    for entries in by_modality.values():
         group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup,
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
         group.ContentSequence = hd.sr.ContentSequence([hd.sr.CodeContentItem(
-            name=codes.DCM.Modality, value=_coded_modality(members[0]),
+            name=codes.DCM.Modality, value=_coded_modality(entries[0]),
             relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT)])
-        group.ContentSequence.append(hd.sr.ImageContentItem(
-            name=_LIBRARY_ENTRY, referenced_sop_class_uid=members[0].SOPClassUID,
-            referenced_sop_instance_uid=members[0].SOPInstanceUID,
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        for ds in entries:
+            group.ContentSequence.append(hd.sr.ImageContentItem(
+                name=_LIBRARY_ENTRY, referenced_sop_class_uid=ds.SOPClassUID,
+                referenced_sop_instance_uid=ds.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
         library.ContentSequence.append(group)
     return library
 
@@ -305,16 +310,12 @@ def _format_weight(value: float) -> str:
 def _ensemble_group(prediction: Prediction, study_uid: str, version: str
                     ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     weights = ",".join(f"{m.name}:{_format_weight(m.weight)}" for m in prediction.members if m.used)
-    parameters = [
-        f"threshold={words.prob(prediction.threshold)}",
-        "fusion=weighted average of member probabilities",
-        f"weights={weights}",
-        f"weights_renormalised={str(prediction.weights_renormalised).lower()}",
-    ]
-    if prediction.model_set_name:
-        parameters.append(f"model_set={prediction.model_set_name}")
+    # Few parameters: they render before the probability. The threshold is a measurement
+    # of the group, renormalisation a degraded-mode statement, the model set the version.
+    weights_kind = "renormalised" if prediction.weights_renormalised else "nominal"
+    parameters = [f"weighted average, {weights_kind} weights {weights}"]
     if prediction.model_set_identity:
-        parameters.append(f"model_set_identity={prediction.model_set_identity[:16]}")
+        parameters.append(f"model set {prediction.model_set_name} {prediction.model_set_identity[:16]}")
     algorithm = hd.sr.AlgorithmIdentification(
         name=prediction.ensemble, version=prediction.model_set_version or version,
         parameters=parameters)
