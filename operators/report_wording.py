@@ -30,6 +30,7 @@ BORDERLINE_MARGIN = 0.05
 OUTCOME_UNCONTROLLED = "uncontrolled epilepsy at one year"
 OUTCOME_CONTROLLED = "controlled epilepsy at one year"
 FALLBACK_METHOD_PREFIX = "fallback"
+FALLBACK_FLAG = "BRAIN_EXTRACTION_FALLBACK"  # the quality check's flag for the same fact
 
 
 def prob(value: float | None) -> str:
@@ -151,7 +152,8 @@ def degraded_modes(prediction: Prediction, preprocessed: Preprocessed | None) ->
     """Everything that makes this result less reliable than a full run, for a prominent notice."""
     notes = []
     method = (preprocessed.brain_extraction_method or "") if preprocessed is not None else ""
-    if method.startswith(FALLBACK_METHOD_PREFIX):
+    flagged = preprocessed is not None and any(f.code == FALLBACK_FLAG for f in preprocessed.flags)
+    if method.startswith(FALLBACK_METHOD_PREFIX) and not flagged:  # the quality flag says it otherwise
         notes.append(f"Brain extraction used the weight-free fallback ({method}), not HD-BET: "
                      "brain masks, and so the scores, are less reliable.")
     if prediction.weights_renormalised:

@@ -61,8 +61,13 @@ def test_report_states_result_members_and_use(report, tmp_path):
     assert pdf.startswith(b"%PDF-")
     text = " ".join(_pdf_text(pdf, tmp_path).split())
     assert RESEARCH_BANNER in text and SYNTHETIC_BANNER in text
-    assert f"{prediction.fused_score:.2f}" in text
-    assert "UNCONTROLLED" in text
+    assert f"Fused probability of uncontrolled epilepsy {prediction.fused_score:.3f}" in text
+    assert "WAE-Net (primary ensemble): UNCONTROLLED EPILEPSY AT ONE YEAR predicted" in text
+    assert "Confidence: consistent" in text
+    assert "Decision threshold 0.500 on the fused probability" in text and "Platt-calibrated" not in text
+    assert "Degraded analysis, read with care: Members left out" in text
+    assert "Study date: 5 Jan 2024" in text and "20240105" not in text
+    assert "Clinical inputs" in text
     for member in prediction.members:
         assert member.name in text
     assert "clinical.json missing" in text
@@ -106,3 +111,25 @@ def test_report_fits_any_grid_on_the_page(slices, rows, columns):
     selected = make_selected(StudyHeader(), slices=slices, rows=rows, columns=columns)
     pdf = render_report_pdf(make_prediction(), selected, make_preprocessed(selected))
     assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+
+
+def test_report_shows_both_ensembles_and_the_model_cards_summary(tmp_path):
+    from dataclasses import replace
+
+    from operators.output_config import OutputConfig
+    from operators.study_outputs import write_study_outputs
+
+    selected = make_selected(StudyHeader(), slices=3)
+    prediction = make_prediction()
+    prediction.other_ensembles = {"eTSC-Net": replace(make_prediction(fused=0.42), ensemble="eTSC-Net")}
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# Model card\n\n> **Trained on SYNTHETIC data.**\n\n## Data\n\nSixty children. More.\n",
+                    encoding="utf-8")
+    written = write_study_outputs(tmp_path / "out", prediction, selected, None, model_card=card,
+                                  config=OutputConfig(result_page=False))
+    pdf = bytes(pydicom.dcmread(written.pdf).EncapsulatedDocument).rstrip(b"\0")
+    text = " ".join(_pdf_text(pdf, tmp_path).split())
+    assert "Other ensemble: eTSC-Net: fused probability 0.420 -> controlled epilepsy at one year" in text
+    assert "eTSC-Net FLAIR-ResNet3D yes 0.33 0.800" in text  # the member table has both ensembles
+    assert "Trained on SYNTHETIC data. Sixty children." in text
+    assert "No model card summary was provided" not in text

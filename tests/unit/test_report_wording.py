@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.datatypes import MemberResult, Prediction, Preprocessed
+from operators.datatypes import MemberResult, Prediction, Preprocessed, QualityFlag
 from operators import report_wording as words
 from tests.output_fixtures import make_prediction
 
@@ -61,6 +61,8 @@ def test_fallback_brain_extraction_is_a_degraded_mode():
     notes = words.degraded_modes(p, pre)
     assert len(notes) == 1 and "weight-free fallback" in notes[0]
     assert words.degraded_modes(p, replace(pre, brain_extraction_method="hd-bet")) == []
+    flagged = replace(pre, flags=[QualityFlag("BRAIN_EXTRACTION_FALLBACK", "brain mask from the fallback", "warning")])
+    assert words.degraded_modes(p, flagged) == ["WARNING: brain mask from the fallback"]  # said once
 
 
 def test_reader_dates():
