@@ -21,6 +21,7 @@ from training.trainer import stratified_folds, train
 CONFIG = {
     "format": "tsc-training/1", "name": "tiny-test", "version": "0.0.1", "synthetic": True,
     "intended_use": "Unit tests only.", "folds": 2, "seed": 3, "calibration": "platt",
+    "intended_population": {"age_years": {"min": 0, "max": 12}, "required_series": ["T2", "FLAIR"]},
     "grids": {"wae": {"shape": [16, 16, 16], "spacing_mm": [12.0, 12.0, 12.0]},
               "etsc": {"shape": [32, 32, 32], "spacing_mm": [6.0, 6.0, 6.0]}},
     "recipes": {"wae": {"loss": "focal", "lr": "1e-3", "batch_size": 4, "epochs": 2},
@@ -144,6 +145,7 @@ def test_train_resume_fuse_export_load_evaluate(cases_dir, tmp_path):
 
     ms = load_model_set(out)  # checksums verified
     assert ms.synthetic and len(ms.members["flair_wae"].folds) == 2
+    assert ms.intended_population.age_range == "0-12 years"  # the gate survives a re-export
     for name, member in ms.members.items():  # what fuse fitted is what the app applies
         fitted = fusion["members"][name]["calibration"]
         assert (member.calibration.as_dict() if member.calibration else None) == fitted
