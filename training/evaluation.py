@@ -204,7 +204,7 @@ def evaluate_studies(model_set_dir: str | Path, studies_dir: str | Path, out_dir
 
     labels = read_labels_csv(Path(labels_csv)) if labels_csv else None
     cfg = replace(app_config if app_config is not None else AppConfig(), models=Path(model_set_dir),
-                  outputs=OutputConfig(pdf=False))
+                  outputs=OutputConfig(pdf=False, result_page=False))  # the SRs suffice
     model_set = load_model_set(find_model_set(Path(model_set_dir)))
     out_dir = Path(out_dir)
     folders = sorted(p for p in Path(studies_dir).iterdir() if p.is_dir())
