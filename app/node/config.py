@@ -17,6 +17,7 @@ See docs/dicom-node.md for the full reference.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import typing
@@ -65,13 +66,17 @@ class ScpConfig:
     host: str = "127.0.0.1"
     port: int = 11112
     allowed_calling_aes: list[str] = field(default_factory=list)
-    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
     max_associations: int = 64
+    max_associations_per_host: int = 16
     max_pdu_size: int = 262144
+    max_instance_mb: float = 1024.0
     network_timeout_s: float = 60.0
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
+    tls_handshake_timeout_s: float = 10.0
     quickack: bool = True
+    csa_non_image: str = "ignore"
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 
@@ -181,6 +186,28 @@ class NodeConfig:
             raise ConfigError(f"scp.port: {self.scp.port} out of range")
         if not self.scp.allowed_calling_aes:
             raise ConfigError("scp.allowed_calling_aes: empty; list the PACS AE titles (or '*' for any)")
+        if not self.scp.allowed_hosts:
+            raise ConfigError("scp.allowed_hosts: empty; list the PACS addresses or CIDRs "
+                              "(or write 'any' to accept every host)")
+        for entry in self.scp.allowed_hosts:
+            if entry.strip().lower() != "any":
+                try:
+                    ipaddress.ip_network(entry.strip(), strict=False)
+                except ValueError:
+                    raise ConfigError(f"scp.allowed_hosts: {entry!r} is not an IP address, "
+                                      "a CIDR or 'any'") from None
+        if not 0 < self.scp.max_associations_per_host <= self.scp.max_associations:
+            raise ConfigError("scp.max_associations_per_host must be between 1 and scp.max_associations")
+        if not 4096 <= self.scp.max_pdu_size <= 16 * 1024 * 1024:
+            raise ConfigError(f"scp.max_pdu_size: {self.scp.max_pdu_size} not in 4096..16777216 "
+                              "(0 = unlimited is not allowed: it would let a peer size our buffers)")
+        if self.scp.max_instance_mb <= 0:
+            raise ConfigError("scp.max_instance_mb must be > 0")
+        for name in ("network_timeout_s", "acse_timeout_s", "dimse_timeout_s", "tls_handshake_timeout_s"):
+            if getattr(self.scp, name) <= 0:
+                raise ConfigError(f"scp.{name} must be > 0 (a timeout that never fires lets a peer hold a slot)")
+        if self.scp.csa_non_image not in ("ignore", "store"):
+            raise ConfigError(f"scp.csa_non_image: {self.scp.csa_non_image!r} is not 'ignore' or 'store'")
         if self.scp.tls.enabled and not (self.scp.tls.cert_file and self.scp.tls.key_file):
             raise ConfigError("scp.tls: enabled but cert_file/key_file not set")
         if self.study.quiet_period_s < 0 or self.study.interrupted_quiet_period_s < 0:

@@ -7,6 +7,7 @@ Layout under the spool folder (one filesystem, so renames are atomic)::
     jobs/<job>/input/...                   stable studies queued or being processed
     done/<job>/job.json                    processed studies (record only, by default)
     quarantine/<job>/                      studies that failed, with reason.json
+    invalid/<sop>.dcm                      instances with malformed UIDs (never processed)
     outbox/<job>/, sent/<job>/             results to deliver / delivered
     undeliverable/<job>/                   results not acknowledged within the retry horizon
     state/                                 per-study record of instances already processed
@@ -25,19 +26,22 @@ Study and Series Instance UIDs and to prove the stream is complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
 import os
 import re
 import shutil
+import struct
+import tempfile
 import threading
 import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from pydicom.filereader import data_element_generator
 from pydicom.tag import Tag
@@ -91,31 +95,17 @@ def _text(value: object) -> str:
     return str(value or "").strip("\x00 ")
 
 
-def inspect_dataset(stream: bytes, transfer_syntax: str) -> HeaderInfo:
-    """Walk the element headers of an encoded dataset without decoding values.
+def is_valid_uid(uid: str) -> bool:
+    """True for a well-formed UID: digits and dots, no empty component, at most 64 characters."""
+    return 0 < len(uid) <= 64 and bool(_UID_RE.match(uid))
 
-    Args:
-        stream: The dataset as received (no preamble or file meta).
-        transfer_syntax: UID of the transfer syntax it is encoded in.
 
-    Returns:
-        The study, series and SOP instance UIDs found in the dataset.
-
-    Raises:
-        InvalidInstanceError: The stream is not parseable to its last byte
-            (non-DICOM bytes, truncation) or lacks a Study/Series Instance UID.
-    """
-    data = stream
-    if transfer_syntax == DEFLATED_LE:
-        try:
-            data = zlib.decompress(stream, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise InvalidInstanceError(f"deflated dataset does not inflate: {exc}") from None
+def _walk(fp: BinaryIO, length: int, transfer_syntax: str) -> HeaderInfo:
     implicit = transfer_syntax == IMPLICIT_LE
     little = transfer_syntax != EXPLICIT_BE
-    fp = io.BytesIO(data)
+    start = fp.tell()
     found: dict[int, str] = {}
-    end = 0
+    end = start
     last_tag = -1
     try:
         for elem in data_element_generator(fp, implicit, little, defer_size=512):
@@ -128,14 +118,94 @@ def inspect_dataset(stream: bytes, transfer_syntax: str) -> HeaderInfo:
     except InvalidInstanceError:
         raise
     except Exception as exc:  # pydicom raises a variety of errors on garbage
-        raise InvalidInstanceError(f"not a parseable dataset ({type(exc).__name__}: {exc})") from None
-    if end != len(data):
+        raise InvalidInstanceError(f"not a parseable dataset ({type(exc).__name__})") from None
+    if end - start != length:
         raise InvalidInstanceError(
-            f"dataset truncated or followed by garbage (parsed {end} of {len(data)} bytes)")
+            f"dataset truncated or followed by garbage (parsed {end - start} of {length} bytes)")
     study, series = found.get(int(_STUDY_UID), ""), found.get(int(_SERIES_UID), "")
     if not study or not series:
         raise InvalidInstanceError("dataset has no Study or Series Instance UID")
     return HeaderInfo(study, series, found.get(int(_SOP_UID), ""))
+
+
+def inspect_dataset(stream: bytes, transfer_syntax: str, *, max_inflated_bytes: int = 1 << 30) -> HeaderInfo:
+    """Walk the element headers of an encoded dataset without decoding values.
+
+    Args:
+        stream: The dataset as received (no preamble or file meta).
+        transfer_syntax: UID of the transfer syntax it is encoded in.
+        max_inflated_bytes: A deflated dataset larger than this once inflated is refused.
+
+    Returns:
+        The study, series and SOP instance UIDs found in the dataset.
+
+    Raises:
+        InvalidInstanceError: The stream is not parseable to its last byte
+            (non-DICOM bytes, truncation, a deflate bomb) or lacks a Study/Series Instance UID.
+    """
+    data = stream
+    if transfer_syntax == DEFLATED_LE:
+        data = _inflate_bytes(stream, max_inflated_bytes)
+    return _walk(io.BytesIO(data), len(data), transfer_syntax)
+
+
+def _inflate_bytes(stream: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(stream, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInstanceError(f"deflated dataset does not inflate: {exc}") from None
+    if len(data) > limit:
+        raise InvalidInstanceError(f"deflated dataset inflates beyond the limit of {limit} bytes")
+    return data
+
+
+def dataset_offset(path: Path) -> int:
+    """Offset of the dataset in a Part 10 file (after preamble, ``DICM`` and file meta group)."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        raise InvalidInstanceError("received file has no file meta group")
+    (group_length,) = struct.unpack_from("<L", head, 140)
+    return 144 + group_length
+
+
+def inspect_instance_file(path: Path, transfer_syntax: str, *, max_inflated_bytes: int,
+                          tmp_dir: Path) -> HeaderInfo:
+    """:func:`inspect_dataset` for a received Part 10 file, reading it from disk.
+
+    A deflated dataset is inflated in chunks into a temporary file in ``tmp_dir``
+    and refused as soon as it exceeds ``max_inflated_bytes``: memory use stays a
+    few MiB whatever the compression ratio.
+    """
+    offset = dataset_offset(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(offset)
+        if transfer_syntax != DEFLATED_LE:
+            return _walk(f, size - offset, transfer_syntax)
+        with tempfile.TemporaryFile(dir=tmp_dir) as out:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            total = 0
+            try:
+                while True:
+                    chunk = f.read(1 << 16)
+                    pending = inflater.decompress(chunk, 1 << 20) if chunk else inflater.flush()
+                    while True:
+                        total += len(pending)
+                        if total > max_inflated_bytes:
+                            raise InvalidInstanceError(
+                                f"deflated dataset inflates beyond the limit of {max_inflated_bytes} bytes")
+                        out.write(pending)
+                        if not inflater.unconsumed_tail:
+                            break
+                        pending = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+                    if not chunk:
+                        break
+            except zlib.error as exc:
+                raise InvalidInstanceError(f"deflated dataset does not inflate: {exc}") from None
+            out.seek(0)
+            return _walk(out, total, transfer_syntax)
 
 
 def fsync_dir(path: Path) -> None:
@@ -191,7 +261,7 @@ class Spool:
     """
 
     SUBDIRS = ("tmp", "incoming", "jobs", "done", "quarantine", "outbox", "sent", "undeliverable",
-               "state")
+               "state", "invalid")
 
     def __init__(self, root: Path, *, min_free_bytes: int = 1 << 30, fsync: bool = True) -> None:
         self.root = Path(root)
@@ -271,6 +341,55 @@ class Spool:
             atomic_write(final, [file_meta, dataset], self.path("tmp"), fsync=self.fsync)
             self.last_activity[study_key] = time.monotonic()
         return final
+
+    def store_file(self, received: Path, header: HeaderInfo, sop_instance_uid: str) -> Path:
+        """Move a received Part 10 file (in ``tmp/``) durably into its study's incoming folder.
+
+        Args:
+            received: The file as pynetdicom wrote it (preamble, file meta, dataset as received).
+            header: UIDs from :func:`inspect_instance_file`.
+            sop_instance_uid: Affected SOP Instance UID of the C-STORE request.
+
+        Returns:
+            The final path of the instance file.
+        """
+        study_key = uid_key(header.study_uid)
+        series_key = uid_key(header.series_uid)
+        sop_key = uid_key(sop_instance_uid)
+        if self.fsync:
+            fd = os.open(received, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        with self.study_lock(study_key):
+            folder = self.incoming / study_key / series_key
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                if self.fsync:
+                    fsync_dir(folder.parent)
+                    fsync_dir(folder.parent.parent)
+            final = folder / f"{sop_key}.dcm"
+            try:
+                os.replace(received, final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                with open(received, "rb") as f:  # another filesystem: copy through tmp/
+                    atomic_write(final, [f.read()], self.path("tmp"), fsync=self.fsync)
+            if self.fsync:
+                fsync_dir(folder)
+            self.last_activity[study_key] = time.monotonic()
+        return final
+
+    def quarantine_instance(self, received: Path, sop_instance_uid: str) -> Path | None:
+        """Keep an instance that must not be processed (malformed UIDs) for inspection."""
+        target = self.path("invalid") / f"{uid_key(sop_instance_uid)}.dcm"
+        try:
+            os.replace(received, target)
+        except OSError:
+            return None
+        return target
 
     def incoming_studies(self) -> list[str]:
         """Keys of studies with an incoming folder on disk."""

@@ -85,7 +85,9 @@ def test_host_filter() -> None:
     allowed = host_matcher(["10.1.0.0/16", "127.0.0.1"])
     assert allowed("127.0.0.1") and allowed("10.1.2.3") and allowed("::ffff:10.1.2.3")
     assert not allowed("10.2.0.1") and not allowed("not-an-ip")
-    assert host_matcher([])("192.0.2.1")
+    # secure by default: an empty list admits nobody; every host only when written as 'any'
+    assert not host_matcher([])("192.0.2.1")
+    assert host_matcher(["any"])("192.0.2.1")
 
 
 def test_disallowed_host_gets_no_association(tmp_path: Path) -> None:
@@ -148,14 +150,15 @@ def test_non_dicom_and_truncated_datasets_are_refused(scp: StoreScp, tmp_path: P
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-def test_path_like_uids_stay_inside_the_spool(scp: StoreScp) -> None:
+def test_path_like_uids_are_quarantined_never_processed(scp: StoreScp) -> None:
     ds = make_instance("../../../../tmp/evil", "/etc/cron.d", payload_bytes=256)
     assoc = _assoc(scp)
-    assert assoc.send_c_store(ds).Status == 0
+    assert assoc.send_c_store(ds).Status == 0xC210
     assoc.release()
-    (stored,) = _spooled(scp)
-    assert stored.resolve().is_relative_to((scp.spool.root / "incoming").resolve())
-    assert stored.parent.name.startswith("x") and stored.parent.parent.name.startswith("x")
+    assert not _spooled(scp)  # never reaches a study, so never analysed nor answered with an SR
+    (kept,) = (scp.spool.root / "invalid").iterdir()
+    assert kept.name == f"{ds.SOPInstanceUID}.dcm"
+    assert dcmread(kept).StudyInstanceUID == "../../../../tmp/evil"
 
 
 @pytest.mark.skipif(not VARIETY.is_dir(), reason="shared dicom-variety data not present")
