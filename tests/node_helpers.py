@@ -127,7 +127,10 @@ class NodeProcess:
     def __init__(self, workdir: Path, *, port: int | None = None, destinations: list[str] | None = None,
                  processor: str = "tests.node_doubles:make_result_writer",
                  options: dict[str, Any] | None = None, quiet_period_s: float = 1.0,
-                 extra: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None) -> None:
+                 extra: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None,
+                 command_prefix: list[str] | None = None, code_dir: Path | None = None) -> None:
+        self.command_prefix = list(command_prefix or [])
+        self.code_dir = Path(code_dir or REPO)
         self.workdir = workdir
         self.port = port or free_port()
         self.spool = workdir / "spool"
@@ -135,7 +138,7 @@ class NodeProcess:
         self.log_path = workdir / "node.log"
         cfg: dict[str, Any] = {
             "scp": {"ae_title": "TSCNODE", "host": "127.0.0.1", "port": self.port,
-                    "allowed_calling_aes": ["STORESCU", "ORTHANC"]},
+                    "allowed_calling_aes": ["STORESCU", "ORTHANC"], "allowed_hosts": ["127.0.0.1"]},
             "spool": {"dir": str(self.spool), "min_free_mb": 100},
             "study": {"quiet_period_s": quiet_period_s, "interrupted_quiet_period_s": quiet_period_s,
                       "poll_interval_s": 0.2},
@@ -149,13 +152,13 @@ class NodeProcess:
             cfg.setdefault(section, {}).update(values)
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(cfg))
-        self.env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        self.env = {**os.environ, "PYTHONPATH": str(self.code_dir), **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> "NodeProcess":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.node", "serve", "--config",
-                                      str(self.config_path)], cwd=REPO, env=self.env,
+        self.proc = subprocess.Popen([*self.command_prefix, sys.executable, "-m", "app.node", "serve", "--config",
+                                      str(self.config_path)], cwd=self.code_dir, env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         if wait:

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pynetdicom.dimse_messages
+import pynetdicom.service_class
+import pynetdicom.sop_class
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -55,6 +57,9 @@ _MIN_PDU_CAP = 1 << 20
 _PDATA = 0x04
 #: Siemens CSA Non-Image Storage: sent by Siemens scanners alongside MR series.
 CSA_NON_IMAGE_STORAGE = "1.3.12.2.1107.5.9.1"
+if not hasattr(pynetdicom.sop_class, "SiemensCSANonImageStorage"):
+    pynetdicom.sop_class.register_uid(CSA_NON_IMAGE_STORAGE, "SiemensCSANonImageStorage",
+                                      pynetdicom.service_class.StorageServiceClass)
 #: A-ASSOCIATE-RJ permanent, by the service user, no reason given.
 _REJECT_NO_CONTEXT = (0x01, 0x01, 0x01)
 
@@ -218,9 +223,9 @@ def _reject_when_no_context_is_supported(assoc: Any) -> None:
         proposed = {str(cx.abstract_syntax) for cx in (rq.presentation_context_definition_list or [])}
         if proposed and not proposed & supported:
             acse.requestor.ae_title = rq.calling_ae_title
+            assoc._tsc_reject_reason = "no supported abstract syntax"
             acse.send_reject(*_REJECT_NO_CONTEXT)
             evt.trigger(assoc, evt.EVT_REJECTED, {})
-            assoc._tsc_reject_reason = "no supported abstract syntax"
             assoc.kill()
             return
         negotiate()

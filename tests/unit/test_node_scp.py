@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -220,6 +221,7 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                  "-CAcreateserial", "-days", "1", "-out", f"{name}.pem", cwd=tmp_path)
     cfg = ScpConfig(port=free_port(), allowed_calling_aes=["PACS"], network_timeout_s=5, acse_timeout_s=5,
+                    tls_handshake_timeout_s=2,
                     tls=TlsConfig(True, str(tmp_path / "server.pem"), str(tmp_path / "server.key"),
                                   str(tmp_path / "ca.pem")))
     server = StoreScp(cfg, Spool(tmp_path / "spool", min_free_bytes=0, fsync=False))
@@ -231,8 +233,16 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
         ae = AE(ae_title="PACS")
         ae.acse_timeout = ae.network_timeout = 5
         ae.requested_contexts = [build_context(MRImageStorage)]
+        # a silent TCP connection (no ClientHello) must not block the others: the handshake
+        # runs in the connection's own thread, not in the accept thread
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        t0 = time.monotonic()
         assoc = ae.associate("127.0.0.1", server.port, ae_title="TSCNODE", tls_args=(ctx, None))
         assert assoc.is_established
+        assert time.monotonic() - t0 < 2
+        silent.settimeout(5)
+        assert silent.recv(1) == b""  # closed by the node after tls_handshake_timeout_s
+        silent.close()
         assert assoc.send_c_store(make_instance(generate_uid(), generate_uid(), payload_bytes=512)).Status == 0
         assoc.release()
         assert len(_spooled(server)) == 1
