@@ -644,3 +644,74 @@ def save_sr(sr: Dataset, output_folder: Path) -> Path:
     sr.save_as(path, enforce_file_format=True)
     return path
 
+
+
+# Superseding an earlier SR of the same study ------------------------------------
+# Kept apart from the builders above: the DICOM node calls it on an SR this app has
+# just written, before the SR leaves the node, when a study it already reported on
+# was re-analysed with more instances.
+
+
+@dataclass(frozen=True)
+class PredecessorDocument:
+    """An SR sent earlier for the same study, as referenced by its successor."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+
+
+def supersede_sr(path: Path, predecessors: Sequence[PredecessorDocument], change_note: str) -> None:
+    """Make the SR at ``path`` supersede ``predecessors``, saying what changed.
+
+    Adds the Predecessor Documents Sequence (0040,A360) of the SR Document General
+    module (what ``highdicom``'s ``previous_versions`` writes) and a TEXT item
+    (DCM 121106 "Comment") holding ``change_note`` to the Qualitative Evaluations
+    container (to the root container when there is none). The file is rewritten in
+    place; its SOP Instance UID is unchanged.
+
+    Raises:
+        ValueError: ``path`` is not an SR document, or a predecessor is of another study.
+    """
+    from pydicom import dcmread
+    from pydicom.sequence import Sequence as DicomSequence
+
+    sr = dcmread(path)
+    if getattr(sr, "Modality", "") != "SR" or "ContentSequence" not in sr:
+        raise ValueError(f"{path.name} is not an SR document")
+    if not predecessors:
+        return
+    studies: dict[str, dict[str, list[PredecessorDocument]]] = {}
+    for p in predecessors:
+        if p.study_instance_uid != sr.StudyInstanceUID:
+            raise ValueError(f"predecessor {p.sop_instance_uid} belongs to another study")
+        studies.setdefault(p.study_instance_uid, {}).setdefault(p.series_instance_uid, []).append(p)
+    items = []
+    for study_uid, series in studies.items():
+        study_item = Dataset()
+        study_item.StudyInstanceUID = study_uid
+        series_items = []
+        for series_uid, docs in series.items():
+            series_item = Dataset()
+            series_item.SeriesInstanceUID = series_uid
+            refs = []
+            for doc in docs:
+                ref = Dataset()
+                ref.ReferencedSOPClassUID = doc.sop_class_uid
+                ref.ReferencedSOPInstanceUID = doc.sop_instance_uid
+                refs.append(ref)
+            series_item.ReferencedSOPSequence = DicomSequence(refs)
+            series_items.append(series_item)
+        study_item.ReferencedSeriesSequence = DicomSequence(series_items)
+        items.append(study_item)
+    sr.PredecessorDocumentsSequence = DicomSequence(items)
+    note = hd.sr.TextContentItem(name=codes.DCM.Comment, value=change_note[:1024],
+                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    target = sr
+    for item in sr.ContentSequence:
+        name = item.get("ConceptNameCodeSequence")
+        if item.get("ValueType") == "CONTAINER" and name and name[0].CodeValue == "C0034375":
+            target = item
+    target.ContentSequence.append(note)
+    sr.save_as(path, enforce_file_format=True)

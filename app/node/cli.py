@@ -130,7 +130,7 @@ def main_status(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         st = read_status(config.spool_dir, models_dir=config.models_dir,
-                         quiet_period_s=config.study.quiet_period_s,
+                         quiet_period_s=config.study.quiet_period_s, min_free_mb=config.spool.min_free_mb,
                          thresholds=Thresholds(max_wait_s=args.max_wait, max_unsent_age_s=args.max_unsent_age))
     except ConfigError as exc:
         print(f"{'UNKNOWN: ' if args.check else ''}configuration error: {exc}", file=sys.stderr)

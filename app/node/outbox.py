@@ -8,6 +8,10 @@ Instance UIDs already acknowledged. When every destination has acknowledged,
 the entry moves to ``sent/<job>/`` (manifest only). An entry not acknowledged
 within the retry horizon moves to ``undeliverable/<job>/`` with an error log.
 A restart simply finds the entries again.
+
+Each destination has its own sender thread, so a PACS that does not answer (and
+its network timeouts) delays only the results waiting for that PACS; a lock per
+entry serialises the manifest updates of the threads.
 """
 
 from __future__ import annotations
@@ -122,6 +126,11 @@ class Outbox:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dest_threads: dict[str, threading.Thread] = {}
+        self._dest_wake: dict[str, threading.Event] = {}
+        self._entry_guard = threading.Lock()
+        self._entry_locks: dict[str, threading.Lock] = {}
+        self._health: dict[str, dict[str, Any]] = {}
 
     # Hand-off from the worker --------------------------------------------------
 
@@ -178,23 +187,61 @@ class Outbox:
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
+        for wake in list(self._dest_wake.values()):
+            wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        for t in list(self._dest_threads.values()):
+            t.join(timeout_s)
 
     def pending_entries(self) -> list[Path]:
         return sorted(p for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per destination: results waiting and the last error (for the node's heartbeat)."""
+        with self._entry_guard:
+            return {name: dict(h) for name, h in self._health.items()}
+
     def _run(self) -> None:
+        """Start one sender thread per destination seen; a silent PACS delays only its own results."""
         while not self._stop.is_set():
             try:
-                self.flush_once()
+                names = {d.name for d in self.config.destinations}
+                for entry in self.pending_entries():
+                    names.update(read_json(entry / "manifest.json").get("destinations", {}))
+                for name in names:
+                    if name not in self._dest_threads or not self._dest_threads[name].is_alive():
+                        self._dest_wake[name] = threading.Event()
+                        t = threading.Thread(target=self._run_destination, args=(name,),
+                                             name=f"outbox-{name}"[:40], daemon=True)
+                        self._dest_threads[name] = t
+                        t.start()
+                if self._wake.is_set():
+                    for wake in list(self._dest_wake.values()):
+                        wake.set()
             except Exception:
                 logger.exception("outbox pass failed", extra={"event": "outbox_error"})
-            self._wake.wait(self.config.poll_interval_s)
             self._wake.clear()
+            self._wake.wait(self.config.poll_interval_s)
+
+    def _run_destination(self, name: str) -> None:
+        wake = self._dest_wake[name]
+        while not self._stop.is_set():
+            try:
+                pending = 0
+                for entry in self.pending_entries():
+                    if self._stop.is_set():
+                        return
+                    pending += self._process_entry(entry, None, only=name)
+                with self._entry_guard:
+                    self._health.setdefault(name, {"last_error": None})["pending"] = pending
+            except Exception:
+                logger.exception("outbox pass failed", extra={"event": "outbox_error", "destination": name})
+            wake.wait(self.config.poll_interval_s)
+            wake.clear()
 
     def flush_once(self, now: float | None = None) -> None:
-        """One pass: try every destination whose next attempt is due."""
+        """One pass in the calling thread: try every destination whose next attempt is due."""
         for entry in self.pending_entries():
             if self._stop.is_set():
                 return
@@ -204,55 +251,77 @@ class Outbox:
         base = min(self.config.retry_max_s, self.config.retry_initial_s * 2 ** max(attempts - 1, 0))
         return base * random.uniform(0.8, 1.2)
 
-    def _process_entry(self, entry: Path, now: float | None) -> None:
+    def _entry_lock(self, entry: Path) -> threading.Lock:
+        with self._entry_guard:
+            return self._entry_locks.setdefault(entry.name, threading.Lock())
+
+    def _process_entry(self, entry: Path, now: float | None, only: str | None = None) -> int:
+        """Send ``entry`` to its due destinations (or to ``only``); return 1 if it still waits for it."""
         tmp = self.spool.path("tmp")
-        manifest = read_json(entry / "manifest.json")
+        lock = self._entry_lock(entry)
+        with lock:
+            manifest = read_json(entry / "manifest.json")
         if not manifest:
-            return
+            return 0
         files = [entry / "files" / n for n in manifest.get("files", [])]
-        changed = False
+        waiting = 0
         for name, d in manifest["destinations"].items():
+            if only is not None and name != only:
+                continue
             t = time.time() if now is None else now
-            if d["state"] != "pending" or d["next_attempt"] > t:
+            if d["state"] != "pending":
+                continue
+            waiting = 1
+            if d["next_attempt"] > t:
                 continue
             dest = Destination(d["ae_title"], d["host"], int(d["port"]), bool(d.get("tls")))
             sent = set(d.get("sent_sops", []))
+            update: dict[str, Any] = {}
             try:
                 acked = send_files(files, dest, self.calling_ae, skip_sop_uids=sent,
                                    ssl_context=self.ssl_context if dest.tls else None)
-                d["sent_sops"] = sorted(sent | set(acked))
-                d["state"] = "sent"
-                d["attempts"] += 1
-                d["last_error"] = None
+                update = {"sent_sops": sorted(sent | set(acked)), "state": "sent",
+                          "attempts": d["attempts"] + 1, "last_error": None}
+                waiting = 0
                 logger.info("results delivered", extra={
                     "event": "results_sent", "job_id": manifest["job_id"], "destination": name,
-                    "study_uid": manifest.get("study_uid"), "attempt": d["attempts"]})
+                    "study_uid": manifest.get("study_uid"), "attempt": update["attempts"]})
             except Exception as exc:
                 acked = exc.args[1] if isinstance(exc, DeliveryError) and len(exc.args) > 1 else []
-                d["sent_sops"] = sorted(sent | set(acked))
-                d["attempts"] += 1
-                d["last_error"] = str(exc.args[0] if exc.args else exc)
-                delay = self._backoff(d["attempts"])
-                d["next_attempt"] = time.time() + delay
+                attempts = d["attempts"] + 1
+                error = str(exc.args[0] if exc.args else exc)[:300]
+                delay = self._backoff(attempts)
+                update = {"sent_sops": sorted(sent | set(acked)), "attempts": attempts,
+                          "last_error": error, "next_attempt": time.time() + delay}
                 if time.time() - manifest["created"] > self.config.retry_horizon_s:
-                    d["state"] = "expired"
+                    update["state"] = "expired"
+                    waiting = 0
                     logger.error("results could not be delivered within the retry horizon", extra={
                         "event": "results_expired", "job_id": manifest["job_id"], "destination": name,
-                        "attempts": d["attempts"], "error": d["last_error"]})
+                        "attempts": attempts, "error": error})
                 else:
                     logger.warning("delivery failed; will retry", extra={
                         "event": "results_retry", "job_id": manifest["job_id"], "destination": name,
-                        "attempt": d["attempts"], "retry_in_s": round(delay, 1),
-                        "error": d["last_error"]})
-            changed = True
-        if changed:
-            write_json(entry / "manifest.json", manifest, tmp, fsync=self.spool.fsync)
-        states = {d["state"] for d in manifest["destinations"].values()}
-        if "pending" in states:
-            return
-        target = "undeliverable" if "expired" in states else "sent"
-        if target == "sent" and states:
-            # Keep the files only when there is no destination at all (results are then
-            # collected from sent/ by hand).
-            shutil.rmtree(entry / "files", ignore_errors=True)
-        os.replace(entry, self.spool.path(target) / entry.name)
+                        "attempt": attempts, "retry_in_s": round(delay, 1), "error": error})
+            with self._entry_guard:
+                self._health.setdefault(name, {"pending": 0})["last_error"] = update.get("last_error")
+            with lock:
+                if not entry.is_dir():
+                    return 0
+                manifest = read_json(entry / "manifest.json")
+                manifest["destinations"][name].update(update)
+                write_json(entry / "manifest.json", manifest, tmp, fsync=self.spool.fsync)
+        with lock:
+            if not entry.is_dir():
+                return 0
+            manifest = read_json(entry / "manifest.json")
+            states = {d["state"] for d in manifest.get("destinations", {}).values()}
+            if "pending" in states:
+                return waiting
+            target = "undeliverable" if "expired" in states else "sent"
+            if target == "sent" and states:
+                # Keep the files only when there is no destination at all (results are then
+                # collected from sent/ by hand).
+                shutil.rmtree(entry / "files", ignore_errors=True)
+            os.replace(entry, self.spool.path(target) / entry.name)
+        return 0

@@ -49,7 +49,7 @@ class NodeService:
         self.spool = Spool(config.spool_dir, min_free_bytes=int(config.spool.min_free_mb * 1024 * 1024),
                            fsync=config.spool.fsync)
         self.tracker = StudyTracker(self.spool, config.study.quiet_period_s,
-                                    config.study.interrupted_quiet_period_s)
+                                    config.study.interrupted_quiet_period_s, config.study.reopen_window_s)
         self.outbox = Outbox(self.spool, config.outbox, config.scp.ae_title, _client_ssl_context(config))
         self.pool = WorkerPool(
             self.spool, self.outbox.enqueue, self.outbox.delivered_record,
@@ -100,6 +100,10 @@ class NodeService:
                         logger.warning("study received but cannot be analysed until the worker starts: %s",
                                        error, extra={"event": "study_waiting_for_worker",
                                                      "job_id": job.job_id})
+                # Jobs left on disk by an error (a failed hand-off, a full disk) are queued
+                # again on every pass: nothing waits for a restart.
+                for job in self.tracker.pending_jobs():
+                    self.pool.submit(job)
             except Exception:
                 logger.exception("study tracker pass failed", extra={"event": "tracker_error"})
 

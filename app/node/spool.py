@@ -7,6 +7,7 @@ Layout under the spool folder (one filesystem, so renames are atomic)::
     jobs/<job>/input/...                   stable studies queued or being processed
     done/<job>/job.json                    processed studies (record only, by default)
     quarantine/<job>/                      studies that failed, with reason.json
+    studies/<study>/<series>/<sop>.dcm     everything received for a study (re-analysed when it re-opens)
     invalid/<sop>.dcm                      instances with malformed UIDs (never processed)
     outbox/<job>/, sent/<job>/             results to deliver / delivered
     undeliverable/<job>/                   results not acknowledged within the retry horizon
@@ -261,7 +262,7 @@ class Spool:
     """
 
     SUBDIRS = ("tmp", "incoming", "jobs", "done", "quarantine", "outbox", "sent", "undeliverable",
-               "state", "invalid")
+               "state", "invalid", "studies")
 
     def __init__(self, root: Path, *, min_free_bytes: int = 1 << 30, fsync: bool = True) -> None:
         self.root = Path(root)

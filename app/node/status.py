@@ -16,6 +16,7 @@ from typing import Any
 
 from .health import models_problem, read_heartbeat
 from .jobstore import read_json
+from .logs import redact_free_text
 
 # Sub-folders every spool has once the node has started on it.
 SPOOL_FOLDERS = ("incoming", "jobs", "outbox")
@@ -60,6 +61,10 @@ class NodeStatus:
         studies: One line per study receiving, waiting or running: why and for how long.
         unsent: One line per unsent result set, with each destination's last error.
         failures: The most recent quarantined studies with their kind and a short reason.
+        disk_free_mb: Free space on the spool's filesystem.
+        invalid_instances: Instances kept in ``invalid/`` for malformed UIDs (never processed).
+        staged_jobs: Half-made jobs (``jobs/.new-*``), finished or dropped on the node's next pass.
+        stuck_jobs: Jobs recorded ``running`` that no worker of the running node is processing.
         problems: Short sentences, one per condition that needs an operator.
         liveness_problems: The subset about the node itself (not running, models not loaded).
     """
@@ -79,6 +84,10 @@ class NodeStatus:
     studies: list[dict[str, Any]] = field(default_factory=list)
     unsent: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    disk_free_mb: float | None = None
+    invalid_instances: int = 0
+    staged_jobs: int = 0
+    stuck_jobs: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     liveness_problems: list[str] = field(default_factory=list)
 
@@ -111,7 +120,10 @@ class NodeStatus:
                   f"results unsent:         {self.results_unsent}"
                   + (f" (oldest {_age(self.oldest_unsent_age_s)})" if self.oldest_unsent_age_s else ""),
                   f"results sent:           {self.results_sent}",
-                  f"results undeliverable:  {self.results_undeliverable}"]
+                  f"results undeliverable:  {self.results_undeliverable}",
+                  f"instances invalid:      {self.invalid_instances}",
+                  "disk free:              "
+                  + (f"{self.disk_free_mb:.0f} MB" if self.disk_free_mb is not None else "?")]
         for s in self.studies:
             lines.append(f"  {s['state']:<9} {s['id']}  {_age(s['for_s'])}: {s['reason']}")
         for u in self.unsent:
@@ -136,7 +148,8 @@ class NodeStatus:
 
 
 def short_reason(text: Any, limit: int = REASON_CHARS) -> str:
-    """The first line of ``text``, whitespace collapsed, cut to ``limit`` characters."""
+    """The first line of ``text``, whitespace collapsed, quoted free text removed, cut to ``limit``."""
+    text = redact_free_text(str(text or ""), limit=10 * limit)
     first = " ".join(str(text or "").strip().splitlines()[:1][0].split()) if str(text or "").strip() else ""
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
@@ -188,7 +201,7 @@ def check_spool(spool_dir: Path) -> None:
 
 def read_status(spool_dir: Path, max_failures: int = 10, *, models_dir: Path | None = None,
                 quiet_period_s: float | None = None, thresholds: Thresholds | None = None,
-                now: float | None = None) -> NodeStatus:
+                now: float | None = None, min_free_mb: float | None = None) -> NodeStatus:
     """Summarise the spool at ``spool_dir``.
 
     Args:
@@ -198,6 +211,8 @@ def read_status(spool_dir: Path, max_failures: int = 10, *, models_dir: Path | N
         quiet_period_s: The configured quiet period (to say when a receiving study turns stable).
         thresholds: When waiting studies and unsent results count as problems.
         now: Current time (tests).
+        min_free_mb: ``spool.min_free_mb``: less free space than this is a problem (receipt
+            refused, processing paused).
 
     Raises:
         SpoolUnreadable: ``spool_dir`` is not a readable node spool.
@@ -208,7 +223,7 @@ def read_status(spool_dir: Path, max_failures: int = 10, *, models_dir: Path | N
     st = NodeStatus(node=read_heartbeat(spool_dir, now))
     node_running = bool(st.node.get("running"))
     workers = st.node.get("workers", []) if node_running else []
-    worker_ready = any(w.get("state") in ("ready", "busy") for w in workers)
+    worker_ready = any(w.get("state") in ("ready", "busy", "paused") for w in workers)
     worker_error = None
     if workers and not worker_ready:
         worker_error = next((w.get("error") for w in workers if w.get("error")), None)
@@ -225,10 +240,14 @@ def read_status(spool_dir: Path, max_failures: int = 10, *, models_dir: Path | N
         st.studies.append({"state": "receiving", "id": study.name, "for_s": quiet, "reason": reason})
 
     queued_before = 0
+    busy = {w.get("job_id") for w in workers if w.get("state") == "busy"}
     for job in _dirs(spool_dir / "jobs"):
         record = read_json(job / "job.json")
         if record.get("state") == "running":
             st.running += 1
+            if node_running and job.name not in busy and \
+                    now - float(record.get("started") or now) > 2 * float(st.node.get("interval_s") or 5):
+                st.stuck_jobs.append(job.name)
             since = float(record.get("started") or record.get("created") or now)
             reason = f"processing (attempt {record.get('attempts', 1)})"
             if not node_running:
@@ -286,6 +305,24 @@ def read_status(spool_dir: Path, max_failures: int = 10, *, models_dir: Path | N
             st.problems.append(f"result {u.name} unsent for {_age(age)}" + (f" ({errors})" if errors else ""))
     st.results_sent = len(_dirs(spool_dir / "sent"))
     st.results_undeliverable = len(_dirs(spool_dir / "undeliverable"))
+    if st.stuck_jobs:
+        st.problems.append(f"{len(st.stuck_jobs)} job(s) recorded running that no worker runs "
+                           f"({', '.join(st.stuck_jobs[:3])}): a failed hand-off, queued again on the "
+                           "node's next pass")
+    st.staged_jobs = sum(1 for _ in (spool_dir / "jobs").glob(".new-*"))
+    if st.staged_jobs:
+        st.problems.append(f"{st.staged_jobs} half-made job(s) in jobs/.new-*: finished or dropped on the "
+                           "node's next pass" + ("" if node_running else " (node not running)"))
+    invalid = spool_dir / "invalid"
+    st.invalid_instances = sum(1 for _ in invalid.glob("*.dcm")) if invalid.is_dir() else 0
+    try:
+        fs = os.statvfs(spool_dir)
+        st.disk_free_mb = round(fs.f_bavail * fs.f_frsize / 2 ** 20, 1)
+    except OSError:
+        pass
+    if min_free_mb is not None and st.disk_free_mb is not None and st.disk_free_mb < min_free_mb:
+        st.problems.append(f"disk: {st.disk_free_mb:.0f} MB free, below spool.min_free_mb {min_free_mb:.0f}: "
+                           "instances refused (A700) and processing paused until space is freed")
     if st.results_undeliverable:
         st.problems.append(f"{st.results_undeliverable} result sets undeliverable (given up; see undeliverable/)")
 

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from .jobstore import read_json, write_json
+from .logs import redact_free_text
+from .results import record_results, sr_references, supersede_earlier_results
 from .spool import Spool
 from .study_tracker import Job
 
@@ -247,6 +249,9 @@ class WorkerPool:
         self.running: dict[str, float] = {}
         self._states: list[dict[str, Any]] = []
         self.on_state_change: Callable[[], None] | None = None
+        self.running_studies: dict[str, str] = {}
+        self.last_error: str | None = None
+        self.disk_poll_s = 1.0
 
     def states(self) -> list[dict[str, Any]]:
         """Each worker slot's state (``loading``, ``ready``, ``busy``, ``failed``), for the heartbeat."""
@@ -257,12 +262,12 @@ class WorkerPool:
     def ready(self) -> bool:
         """True when at least one worker has loaded the processor (models)."""
         with self._cv:
-            return any(s["state"] in ("ready", "busy") for s in self._states)
+            return any(s["state"] in ("ready", "busy", "paused") for s in self._states)
 
     def startup_error(self) -> str | None:
         """The last start-up error while no worker is ready, else None."""
         with self._cv:
-            if any(s["state"] in ("ready", "busy") for s in self._states):
+            if any(s["state"] in ("ready", "busy", "paused") for s in self._states):
                 return None
             return next((s["error"] for s in self._states if s.get("error")), None)
 
@@ -276,8 +281,9 @@ class WorkerPool:
                 logger.exception("state-change callback failed")
 
     def submit(self, job: Job) -> None:
+        """Queue a job (again); a job already queued or running is left alone."""
         with self._cv:
-            if job.job_id in self._queued_ids:
+            if job.job_id in self._queued_ids or job.job_id in self.running:
                 return
             self._queued_ids.add(job.job_id)
             self._queue.append(job)
@@ -334,16 +340,42 @@ class WorkerPool:
         self._set_state(slot, "ready", pid=worker.proc.pid)
         return 1.0
 
+    def _next_job(self) -> Job | None:
+        """The oldest queued job whose study is not being processed (caller holds the lock)."""
+        busy = set(self.running_studies.values())
+        for i, job in enumerate(self._queue):
+            if job.study_key not in busy:
+                return self._queue.pop(i)
+        return None
+
+    def _wait_for_disk(self, slot: int) -> None:
+        """Hold new jobs while free space is below ``min_free_mb`` (results need room too)."""
+        paused = False
+        while not self._stopping and not self.spool.has_room_for(0):
+            if not paused:
+                logger.error("processing paused: free disk below threshold", extra={
+                    "event": "disk_stall", "free_bytes": self.spool.free_bytes(),
+                    "min_free_bytes": self.spool.min_free_bytes})
+                self._set_state(slot, "paused", error="free disk below spool.min_free_mb")
+                paused = True
+            self._stop_event.wait(self.disk_poll_s)
+        if paused:
+            logger.info("processing resumed: free disk above threshold", extra={"event": "disk_ok"})
+            self._set_state(slot, "ready")
+
     def _slot(self, slot: int, worker: WorkerProcess) -> None:
         # Load the processor (models) before the first study arrives.
         backoff = self._ensure_worker(slot, worker, 1.0)
         while True:
+            self._wait_for_disk(slot)
             with self._cv:
-                while not self._queue and not self._stopping and worker.alive:
-                    self._cv.wait()
+                job = None
+                while not self._stopping and worker.alive and (job := self._next_job()) is None:
+                    self._cv.wait(self.disk_poll_s)
                 if self._stopping:
                     return
-                job = self._queue.pop(0) if self._queue and worker.alive else None
+                if job is not None:
+                    self.running_studies[job.job_id] = job.study_key
             if job is None:  # the worker is down (failed start, crash, timeout): start it again
                 backoff = self._ensure_worker(slot, worker, backoff)
                 continue
@@ -352,15 +384,31 @@ class WorkerPool:
             self._set_state(slot, "busy", job_id=job.job_id, pid=worker.proc.pid if worker.proc else None)
             try:
                 self.run_job(job, worker)
-            except Exception:
-                logger.exception("job handling failed", extra={"event": "job_error",
-                                                                "job_id": job.job_id})
+            except Exception as exc:
+                # The job stays in jobs/ as it was; the service submits it again on its next
+                # pass, and status shows it meanwhile (never a silent "running").
+                self.last_error = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"[:200]
+                logger.exception("job handling failed; it will be retried", extra={
+                    "event": "job_error", "job_id": job.job_id})
+                self._mark_queued(job)
             finally:
                 with self._cv:
                     self.running.pop(job.job_id, None)
+                    self.running_studies.pop(job.job_id, None)
                     self._queued_ids.discard(job.job_id)
+                    self._cv.notify_all()
                 if worker.alive:
                     self._set_state(slot, "ready", pid=worker.proc.pid)
+
+    def _mark_queued(self, job: Job) -> None:
+        try:
+            record = read_json(job.record_path)
+            if record.get("state") == "running":
+                record["state"] = "queued"
+                record["last_error"] = self.last_error
+                write_json(job.record_path, record, self.spool.path("tmp"), fsync=self.spool.fsync)
+        except OSError:
+            pass  # shown by status as a stuck job until the next pass succeeds
 
     def run_job(self, job: Job, worker: WorkerProcess) -> None:
         """Run one job to a delivered result (or to quarantine)."""
@@ -369,6 +417,15 @@ class WorkerPool:
         if delivered is not None:
             self._finish(job, bool(delivered.get("analysed")), delivered.get("reason"),
                          delivered.get("failure") or FAILURE_NOT_ANALYSABLE)
+            return
+        newer = [j for j in sorted(p.name for p in self.spool.path("jobs").iterdir()
+                                   if not p.name.startswith("."))
+                 if j > job.job_id and j.split("-", 1)[-1] == job.study_key]
+        if newer:
+            # A later batch re-opened the study; its job holds everything received.
+            self._finish(job, True, f"superseded before processing by {newer[-1]}", state="superseded")
+            logger.info("job skipped: a newer job holds everything received for the study",
+                        extra={"event": "job_superseded", "job_id": job.job_id, "newer_job": newer[-1]})
             return
         record = read_json(job.record_path)
         attempts = int(record.get("attempts", 0))
@@ -402,11 +459,16 @@ class WorkerPool:
                 analysed, reason, files = False, str(exc), []
         if not analysed and not files:
             files = self._fallback_sr(job, reason, out_dir / "fallback")
+        reason = redact_free_text(reason)
+        superseded = supersede_earlier_results(self.spool, job, files, analysed)
+        refs = sr_references(files)
         self.deliver(job, files, analysed, reason)
+        record_results(self.spool, job, refs, analysed)
         self._finish(job, analysed, reason, failure)
         logger.info("study processed" if analysed else f"study {failure.replace('_', ' ')}; quarantined",
                     extra={"event": "job_finished", "job_id": job.job_id, "study_uid": job.study_uid,
                            "analysed": analysed, "reason": reason, "results": len(files),
+                           "supersedes": superseded,
                            **({} if analysed else {"failure": failure}),
                            "seconds": round(time.monotonic() - started, 3)})
 
@@ -428,9 +490,11 @@ class WorkerPool:
                          extra={"event": "fallback_sr_failed", "job_id": job.job_id})
             return []
 
-    def _finish(self, job: Job, analysed: bool, reason: str | None, failure: str = FAILURE_ERROR) -> None:
+    def _finish(self, job: Job, analysed: bool, reason: str | None, failure: str = FAILURE_ERROR,
+                state: str | None = None) -> None:
+        reason = redact_free_text(reason)
         record = read_json(job.record_path)
-        record.update(state="done" if analysed else "failed", reason=reason, finished=time.time())
+        record.update(state=state or ("done" if analysed else "failed"), reason=reason, finished=time.time())
         if not analysed:
             record["failure"] = failure
         write_json(job.record_path, record, self.spool.path("tmp"), fsync=self.spool.fsync)

@@ -70,15 +70,21 @@ def test_recover_requeues_running_jobs_and_finishes_staged_moves(tmp_path: Path)
     record = read_json(job.record_path)
     record["state"] = "running"
     write_json(job.record_path, record, spool.path("tmp"))
-    # a crash between the two renames of job creation
+    # a crash after the job snapshot was complete (job.json written) but before its rename
     staged = spool.path("jobs") / ".new-00000000000000000001-1.2.3"
     (staged / "input" / "1.2.3.4").mkdir(parents=True)
+    write_json(staged / "job.json", {"job_id": staged.name[5:], "study_key": "1.2.3", "state": "queued"},
+               spool.path("tmp"))
+    # and one during the snapshot (hard links only, no job.json): dropped, sources intact
+    half = spool.path("jobs") / ".new-00000000000000000002-1.2.4"
+    (half / "input" / "1.2.4.5").mkdir(parents=True)
     _receive(spool, tmp_path)  # and a study still arriving
     spool.last_activity.clear()
     fresh = StudyTracker(spool, quiet_period_s=60)
     fresh.recover()
     jobs = fresh.pending_jobs()
     assert [j.job_id for j in jobs] == ["00000000000000000001-1.2.3", job.job_id]
+    assert not half.exists()
     assert read_json(job.record_path)["state"] == "queued"
     assert len(spool.last_activity) == 1  # the incoming study restarts its quiet period
 
