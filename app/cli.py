@@ -27,8 +27,9 @@ def _map_parser() -> argparse.ArgumentParser:
                     "serve (DICOM node), status (node status), cleanup (spool retention), demo (run on a "
                     "synthetic study).",
         epilog="Missing -i/-o/-m fall back to HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and "
-               "HOLOSCAN_MODEL_PATH, then to ./input, ./output and ./models. Exit codes: 0 analysed, "
-               "2 not analysable (a short SR says why), 1 configuration or internal error.")
+               "HOLOSCAN_MODEL_PATH, then to ./input, ./output and ./models. Exit codes (policy 'detailed'): "
+               "0 analysed, 2 not analysable (a short SR says why), 1 configuration or internal error; "
+               "policy 'sr-written' (for mercure): 0 whenever an SR was written, else 1.")
     p.add_argument("-i", "--input", type=Path, help="study folder (DICOM files, optional clinical.json)")
     p.add_argument("-o", "--output", type=Path, help="folder for the result DICOM objects")
     p.add_argument("-m", "--model", type=Path, help="model-set folder (manifest.yaml, weights, hd_bet/)")
@@ -39,6 +40,10 @@ def _map_parser() -> argparse.ArgumentParser:
                    choices=["DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL"],
                    help="log level (default WARNING; INFO with -v)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the pipeline's and the graph's logs")
+    p.add_argument("--exit-code-policy", default=os.environ.get("TSC_EXIT_CODE_POLICY", "detailed"),
+                   choices=["detailed", "sr-written"],
+                   help="what the exit status means (default: $TSC_EXIT_CODE_POLICY or detailed; "
+                        "see app/exit_codes.py)")
     return p
 
 
@@ -93,12 +98,21 @@ def run_study(input_dir: Path, output_dir: Path, models_dir: Path, config_path: 
 
 def main_map(argv: Sequence[str]) -> int:
     """``python -m app [-i IN -o OUT -m MODELS] [-c CONFIG] [-v]``."""
+    from app.exit_codes import ExitCodePolicyError, apply_policy, check_policy, now
+    from app.platform_env import prepare_platform_environment
+
+    prepare_platform_environment()
     args = _map_parser().parse_args(argv)
     _setup_logging(args.log_level, args.verbose)
-    return run_study(_resolve(args.input, "HOLOSCAN_INPUT_PATH", "input"),
-                     _resolve(args.output, "HOLOSCAN_OUTPUT_PATH", "output"),
-                     _resolve(args.model, "HOLOSCAN_MODEL_PATH", "models"),
-                     args.config)
+    try:
+        check_policy(args.exit_code_policy)
+    except ExitCodePolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    started, output_dir = now(), _resolve(args.output, "HOLOSCAN_OUTPUT_PATH", "output")
+    code = run_study(_resolve(args.input, "HOLOSCAN_INPUT_PATH", "input"), output_dir,
+                     _resolve(args.model, "HOLOSCAN_MODEL_PATH", "models"), args.config)
+    return apply_policy(code, args.exit_code_policy, output_dir, started)
 
 
 def show_study(input_dir: Path, models_dir: Path, config_path: Path | None) -> None:

@@ -98,7 +98,7 @@ class StudyConfig:
     quiet_period_s: float = 60.0
     interrupted_quiet_period_s: float = 300.0
     poll_interval_s: float = 1.0
-    reopen_window_s: float = 7 * 24 * 3600.0
+    reopen_window_s: float = 86400.0
 
 
 @dataclass

@@ -89,7 +89,7 @@ class StudyTracker:
 
     def __init__(self, spool: Spool, quiet_period_s: float,
                  interrupted_quiet_period_s: float | None = None,
-                 reopen_window_s: float = 7 * 24 * 3600.0) -> None:
+                 reopen_window_s: float = 86400.0) -> None:
         self.spool = spool
         self.reopen_window_s = reopen_window_s
         self.quiet_period_s = quiet_period_s
