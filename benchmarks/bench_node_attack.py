@@ -10,6 +10,9 @@ in a subprocess; its peak RSS is ``VmHWM`` of its main process.
 The attacker connects from a second loopback address (``127.0.0.2``: one misbehaving
 host), the legitimate sender from ``127.0.0.1``; the node listens on ``127.0.0.1``.
 
+Last, ``--garbage-kib`` of random bytes arrive over 20 connections and the log lines
+they cause are counted.
+
 ``--code DIR`` runs the node from another checkout (``git archive <commit> app
 operators tests | tar -x -C DIR``) to measure the code before a change; use
 ``--as-limit-gib`` then, so an unbounded node meets an address-space limit instead
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import socket
 import struct
 import tempfile
@@ -136,6 +140,24 @@ def attack(port: int, connections: int, declared_mib: int, stop: threading.Event
         s.close()
 
 
+def send_garbage(port: int, kib: int, connections: int = 20) -> None:
+    """``kib`` KiB of random bytes over ``connections`` sockets (what a broken peer or a scanner sends)."""
+    rng = random.Random(15)
+    per = kib * 1024 // connections
+    for _ in range(connections):
+        s = socket.socket()
+        s.settimeout(5)
+        try:
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", port))
+            s.sendall(bytes(rng.getrandbits(8) for _ in range(per)))
+            time.sleep(0.05)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+
 def legit_send(port: int, study: Path) -> tuple[bool, float, str]:
     t0 = time.monotonic()
     proc = storescu(port, study, timeout_s=60)
@@ -183,6 +205,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not ok2:
         result["legit_after_error"] = err2
     result["peak_rss_mib"] = round(peak_rss_mib(pid), 1) if alive else None
+    if alive and args.garbage_kib:
+        before = node.log_text()
+        send_garbage(node.port, args.garbage_kib)
+        time.sleep(3)
+        added = node.log_text()[len(before):]
+        result.update(garbage_kib=args.garbage_kib, garbage_log_lines=added.count("\n"),
+                      garbage_log_bytes=len(added), garbage_error_lines=added.count('"level": "ERROR"'))
     log = node.log_text()
     result["log_lines"] = log.count("\n")
     result["log_bytes"] = len(log)
@@ -199,6 +228,7 @@ def main() -> None:
     p.add_argument("--declared-mib", type=int, default=4096)
     p.add_argument("--bomb-mib", type=int, default=1536)
     p.add_argument("--hold-s", type=float, default=5.0, help="keep the attack open this long after the bomb")
+    p.add_argument("--garbage-kib", type=int, default=60, help="then this much random data; log lines counted")
     p.add_argument("--code", help="run the node from this checkout instead")
     p.add_argument("--as-limit-gib", type=float, default=0.0)
     p.add_argument("--json", type=Path)

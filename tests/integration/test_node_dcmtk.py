@@ -107,14 +107,16 @@ def test_study_in_sr_out_and_bad_peers(tmp_path: Path) -> None:
         wrong_called = storescu(node.port, tmp_path / "study", called="NOTUS")
         assert wrong_called.returncode != 0
         statuses = _send_bad_input(node.port, tmp_path)
-        assert statuses[:2] == [0xC210, 0xC210]  # non-DICOM bytes, truncated dataset: refused
+        # non-DICOM bytes, truncated dataset: refused; path-like UIDs: refused and quarantined
+        assert statuses == [0xC210, 0xC210, 0xC210]
         ok = storescu(node.port, tmp_path / "study")
         assert ok.returncode == 0, ok.stderr
-        # the good study and the path-like-UID study both end with a result; nothing escaped the spool
-        wait_until(lambda: _status(node)["results_sent"] + _status(node)["failed"] >= 2, 120)
+        # the good study ends with a result; the path-like-UID instance never joins a study
+        wait_until(lambda: _status(node)["results_sent"] >= 1, 120)
         time.sleep(1)
         st = _status(node)
-        assert st["processed"] >= 1 and st["waiting"] == 0 and st["running"] == 0
+        assert st["processed"] == 1 and st["waiting"] == 0 and st["running"] == 0
+        assert st["invalid_instances"] == 1 and st["failed"] == 0
     finally:
         node.stop()
         pacs.stop()
