@@ -149,8 +149,8 @@ class NodeStatus:
 
 def short_reason(text: Any, limit: int = REASON_CHARS) -> str:
     """The first line of ``text``, whitespace collapsed, quoted free text removed, cut to ``limit``."""
-    text = redact_free_text(str(text or ""), limit=10 * limit)
     first = " ".join(str(text or "").strip().splitlines()[:1][0].split()) if str(text or "").strip() else ""
+    first = redact_free_text(first, limit=10 * limit) or ""
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
 

@@ -68,14 +68,15 @@ def test_full_spool_stalls_visibly_and_recovers_without_restart(tmp_path: Path) 
         assert node.log_text().count('"event": "out_of_resources"') == len(b)
         time.sleep(6)  # past the quiet period: study A is stable but cannot be processed
         stalled = _status(node, spool)
-        assert any(s.startswith("disk:") for s in stalled["stalls"]), stalled
+        assert any(p.startswith("disk:") for p in stalled["problems"]), stalled
         assert stalled["processed"] == 0 and stalled["waiting"] + stalled["receiving"] == 1
         ballast.unlink()  # space freed; the node is not restarted
         assert storescu(node.port, tmp_path / "b").returncode == 0  # the sender retries
         wait_until(lambda: _status(node, spool)["results_sent"] == 2, 120, 0.5)
         recovered = _status(node, spool)
         assert node.proc.pid == pid and node.proc.poll() is None
-        assert recovered["processed"] == 2 and recovered["stalls"] == [] and recovered["failed"] == 0
+        assert recovered["processed"] == 2 and recovered["failed"] == 0
+        assert not [p for p in recovered["problems"] if p.startswith("disk:")]
         assert len(pacs.received) == 2
     finally:
         node.stop()

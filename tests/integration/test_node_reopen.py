@@ -52,4 +52,4 @@ def test_t2_then_flair_gives_one_analysed_sr_superseding_the_first(tmp_path: Pat
     assert "new series" in result["change_note"]
     status = report["node_status"]
     assert status["failed"] == 1 and status["processed"] == 1 and status["results_sent"] == 2
-    assert status["stalls"] == []
+    assert status["problems"] == []
