@@ -129,11 +129,11 @@ def test_worker_success_failure_crash_timeout_and_delivery(tmp_path: Path) -> No
     for f in (tmp_path / "pacs").iterdir():
         ds = dcmread(f)
         got.setdefault(str(ds.StudyInstanceUID), []).append(str(ds.SeriesDescription))
-    assert got == {studies["MRI BRAIN"]: ["TSC outcome (test double)"],
-                   studies["AFTER"]: ["TSC outcome (test double)"],
-                   studies["RAISE"]: ["AI epilepsy outcome: not analysable"],
-                   studies["CRASH"]: ["AI epilepsy outcome: not analysable"],
-                   studies["HANG"]: ["AI epilepsy outcome: not analysable"]}
+    assert {k: v for k, v in got.items() if k in (studies["MRI BRAIN"], studies["AFTER"])} == {
+        studies["MRI BRAIN"]: ["TSC outcome (test double)"], studies["AFTER"]: ["TSC outcome (test double)"]}
+    for kind in ("RAISE", "CRASH", "HANG"):  # the SR writer's own not-analysable series description
+        (description,) = got[studies[kind]]
+        assert "not analysable" in description.lower(), description
     # the processor was loaded once per worker process: the first two studies share a pid,
     # and a fresh process took over after the crash and the hang
     runs = [line.split() for line in (spool.root / "ledger.txt").read_text().splitlines()]
