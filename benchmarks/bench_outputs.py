@@ -4,7 +4,8 @@ Generates one full-size synthetic study (T2 384x384x24, FLAIR 320x320x24, no
 decoys), derives the preprocessed images from the generator's truth, then times
 over ``--repeats`` runs (median reported): the result SR (build + write), the
 FLAIR3 series (24 instances, build + write), the PDF (render), its DICOM
-encapsulation (build + write), and the sizes of what is written.
+encapsulation (build + write), the result page (render, Secondary Capture
+build + write), and the sizes of what is written.
 
 Run: ``python -m benchmarks.bench_outputs [--repeats 5] [--json out.json]``
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from operators.flair3_series import build_flair3_series, save_series
 from operators.pdf_report import build_encapsulated_pdf, render_report_pdf, save_pdf_instance
+from operators.result_page import build_result_page_sc, render_result_page, save_result_page
 from operators.sr_writer import build_result_sr, save_sr
 
 
@@ -27,7 +29,7 @@ def run(repeats: int) -> dict[str, object]:
     from tests.output_fixtures import make_prediction, synthetic_inputs
 
     times: dict[str, list[float]] = {"result SR": [], "FLAIR3 series": [], "PDF render": [],
-                                     "PDF encapsulate": [], "total": []}
+                                     "PDF encapsulate": [], "result page": [], "total": []}
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         _, selected, preprocessed = synthetic_inputs(Path(tmp) / "study", 11, full_size=True)
@@ -43,13 +45,17 @@ def run(repeats: int) -> dict[str, object]:
             t3 = time.perf_counter()
             pdf_path = save_pdf_instance(build_encapsulated_pdf(pdf, selected), out)
             t4 = time.perf_counter()
-            for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+            page_path = save_result_page(build_result_page_sc(
+                render_result_page(prediction, selected, preprocessed), selected), out)
+            t5 = time.perf_counter()
+            for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0)):
                 times[key].append(value)
         sizes = {"result SR bytes": sr_path.stat().st_size,
                  "FLAIR3 series bytes": sum(p.stat().st_size for p in flair3),
                  "FLAIR3 instances": len(flair3),
                  "PDF bytes": len(pdf),
-                 "encapsulated PDF bytes": pdf_path.stat().st_size}
+                 "encapsulated PDF bytes": pdf_path.stat().st_size,
+                 "result page bytes": page_path.stat().st_size}
     return {
         "repeats": repeats,
         "flair_grid": list(preprocessed.flair3.GetSize()),
