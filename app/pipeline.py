@@ -179,7 +179,8 @@ class StudyPipeline:
             logger.warning("study not analysable: %s", error)
             source = _source_datasets(study, Path(input_dir))
             outputs = (write_not_analysable_outputs(Path(output_dir), error, source, selected_series=selected,
-                                                    config=self.config.outputs)
+                                                    config=self.config.outputs,
+                                                    intended_use_statements=[self.config.intended_use.statement()])
                        if source else WrittenOutputs())
             return StudyResult(False, outputs=outputs, error=error, timings_s=timings)
         return StudyResult(True, prediction=prediction, outputs=outputs, timings_s=timings)
@@ -241,7 +242,8 @@ def write_not_analysable(input_dir: Path, output_dir: Path, error: PipelineError
     written: list[Path] = []
     for study in _readable_studies(input_dir):
         try:
-            out = write_not_analysable_outputs(output_dir, error, _study_instances(study), config=config.outputs)
+            out = write_not_analysable_outputs(output_dir, error, _study_instances(study), config=config.outputs,
+                                               intended_use_statements=[config.intended_use.statement()])
         except Exception:  # noqa: BLE001 - report the original failure, not this one
             logger.exception("the not-analysable SR could not be written")
             continue

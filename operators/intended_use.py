@@ -133,6 +133,16 @@ class SiteIntendedUse:
     allow_unknown_age: bool = False
     reason: str = ""
 
+    def statement(self) -> str:
+        """What the widening is, for reports that do not know the model set's population ("" if none)."""
+        if not self.widens:
+            return ""
+        changes = [f"{label} {_years(value)} years" for label, value in
+                   (("minimum age", self.min_age_years), ("maximum age", self.max_age_years)) if value is not None]
+        if self.allow_unknown_age:
+            changes.append("studies of unknown age allowed")
+        return f"Site configuration widens the intended use ({'; '.join(changes)}): {self.reason}"
+
     @property
     def widens(self) -> bool:
         return (self.min_age_years is not None or self.max_age_years is not None

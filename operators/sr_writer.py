@@ -578,6 +578,7 @@ def build_not_analysable_sr(
     series_number: int = DEFAULT_SR_SERIES_NUMBER,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    intended_use_statements: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the short TID 1500 SR that says why a study could not be analysed.
 
@@ -600,6 +601,8 @@ def build_not_analysable_sr(
         series_number: Series Number of the new SR series.
         series_instance_uid: UID of the new series (generated when None).
         sop_instance_uid: UID of the SR instance (generated when None).
+        intended_use_statements: E.g. the site's widening of the intended use,
+            which every report states.
 
     Returns:
         The SR document.
@@ -622,6 +625,7 @@ def build_not_analysable_sr(
         _text(pc.FAILED_STAGE, error.stage),
     ]
     evaluations.extend(_text(pc.USAGE_STATEMENT, s) for s in _usage_statements(prediction))
+    evaluations.extend(_text(pc.INTENDED_USE_CHECK, s) for s in intended_use_statements if s)
     evaluations.extend(_analysed_series_items(by_role))
     flags = list(quality_flags) or list(getattr(error, "flags", None) or [])
     evaluations.extend(_text(pc.QUALITY_NOTE, line) for line in words.quality_lines(flags))

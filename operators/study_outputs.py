@@ -141,6 +141,7 @@ def write_not_analysable_outputs(
     prediction: Prediction | None = None,
     config: OutputConfig | None = None,
     app: AppIdentity | None = None,
+    intended_use_statements: Sequence[str] = (),
 ) -> WrittenOutputs:
     """Write the not-analysable SR (when configured) for a study that failed.
 
@@ -152,6 +153,7 @@ def write_not_analysable_outputs(
         prediction: Gives the model-set identity, when known.
         config: Which outputs to write.
         app: How the app identifies itself.
+        intended_use_statements: The site's widening of the intended use, if any.
 
     Returns:
         What was written.
@@ -162,7 +164,8 @@ def write_not_analysable_outputs(
     if config.not_analysable_sr:
         sr = build_not_analysable_sr(error, source_datasets, selected_series=selected_series,
                                      prediction=prediction, app=app,
-                                     series_number=config.sr_series_number)
+                                     series_number=config.sr_series_number,
+                                     intended_use_statements=intended_use_statements)
         written.not_analysable_sr = save_sr(sr, output_folder)
     return written
 

@@ -103,3 +103,22 @@ def test_demo_model_set_declares_its_population():
                                          (0.01, "4 days")])
 def test_ages_read_naturally(years, text):
     assert format_age_years(years) == text
+
+
+def test_not_analysable_sr_also_says_the_site_widened_the_gate(tmp_path):
+    import pydicom
+
+    from operators.errors import SeriesSelectionError
+    from operators.sr_reader import read_result_sr
+    from operators.study_outputs import write_not_analysable_outputs
+    from tests.output_fixtures import StudyHeader, make_selected
+
+    site = SiteIntendedUse(max_age_years=21, allow_unknown_age=True, reason="protocol 7")
+    assert site.statement() == ("Site configuration widens the intended use (maximum age 21 years; "
+                                "studies of unknown age allowed): protocol 7")
+    assert SiteIntendedUse().statement() == ""
+    datasets = make_selected(StudyHeader(), slices=1)[0].datasets
+    written = write_not_analysable_outputs(tmp_path, SeriesSelectionError("No FLAIR series"), datasets,
+                                           intended_use_statements=[site.statement()])
+    reported = read_result_sr(pydicom.dcmread(written.not_analysable_sr))
+    assert reported.intended_use_checks == [site.statement()]
