@@ -2,7 +2,8 @@
 
 ``python -m app cleanup --config node.yaml [--older-than-days N] [--dry-run]``
 removes, from ``done/``, ``sent/``, ``undeliverable/`` and ``quarantine/``, every
-entry whose last change is older than the retention period. ``quarantine/`` keeps
+entry whose last change is older than the retention period, and from ``invalid/``
+the instances kept for malformed UIDs. ``quarantine/`` keeps
 whole studies (patient data) for review, so it is the folder this matters for.
 Studies receiving, queued or running and results not yet delivered are never
 touched; nor is ``state/`` (the per-study record that stops a re-sent study from
@@ -20,7 +21,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-RETENTION_FOLDERS = ("done", "sent", "undeliverable", "quarantine")
+RETENTION_FOLDERS = ("done", "sent", "undeliverable", "quarantine", "invalid")
+# Folders whose entries are single files (instances), not job folders.
+_FILE_FOLDERS = ("invalid",)
 
 
 @dataclass
@@ -59,14 +62,15 @@ def clean_spool(spool_dir: Path, older_than_days: float, *, dry_run: bool = Fals
         removed: list[str] = []
         kept = 0
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if not entry.is_dir() or entry.name.startswith("."):
+            as_file = name in _FILE_FOLDERS and entry.is_file()
+            if not (entry.is_dir() or as_file) or entry.name.startswith("."):
                 continue
-            if _last_change(entry) >= cutoff:
+            if (entry.stat().st_mtime if as_file else _last_change(entry)) >= cutoff:
                 kept += 1
                 continue
             removed.append(entry.name)
             if not dry_run:
-                shutil.rmtree(entry)
+                entry.unlink() if as_file else shutil.rmtree(entry)
         report.removed[name], report.kept[name] = removed, kept
         if removed:
             logger.info("%s %d entries from %s/", "would remove" if dry_run else "removed", len(removed), name,

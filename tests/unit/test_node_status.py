@@ -127,14 +127,19 @@ def test_cleanup_removes_only_finished_entries_past_retention(tmp_path: Path, ca
             if stamp:
                 os.utime(entry / "record.json", (stamp, stamp))
                 os.utime(entry, (stamp, stamp))
+    for name, stamp in (("old.dcm", old), ("new.dcm", None)):  # instances kept for malformed UIDs
+        (spool.root / "invalid" / name).write_bytes(b"")
+        if stamp:
+            os.utime(spool.root / "invalid" / name, (stamp, stamp))
     dry = clean_spool(spool.root, 30, dry_run=True)
-    assert dry.count == 4 and (spool.root / "quarantine" / "old").exists()
+    assert dry.count == 5 and (spool.root / "quarantine" / "old").exists()
     cfg = tmp_path / "node.yaml"
     cfg.write_text(f"scp: {{allowed_calling_aes: [PACS]}}\nspool: {{dir: {spool.root}, retention_days: 30}}\n")
     assert main(["cleanup", "--config", str(cfg)]) == 0
     assert "quarantine/     removed 1, kept 1" in capsys.readouterr().out
     for folder in ("done", "sent", "undeliverable", "quarantine"):
         assert sorted(p.name for p in (spool.root / folder).iterdir()) == ["new"]
+    assert sorted(p.name for p in (spool.root / "invalid").iterdir()) == ["new.dcm"]
     for folder in ("jobs", "outbox", "incoming"):  # work in progress is never touched
         assert sorted(p.name for p in (spool.root / folder).iterdir()) == ["new", "old"]
     assert main(["cleanup", "--config", str(tmp_path / "nope.yaml")]) == 2
