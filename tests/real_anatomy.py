@@ -3,8 +3,10 @@
 * The MNI152 2009c nonlinear symmetric template (T1, grey- and white-matter
   probability maps) that nilearn 0.12 ships in ``nilearn/datasets/data``: an
   average of 152 real adult brains, skull already removed, 1 mm.
-* The Siemens XA30 3D T1 head of ``dcm_qa_xa30i`` (real scan, skull and neck
-  included, 2 mm) in ``../shared/data/dicom-variety`` (``$TSC_SHARED_DIR``).
+* The Siemens XA30 3D T1 series of ``dcm_qa_xa30i`` in
+  ``../shared/data/dicom-variety`` (``$TSC_SHARED_DIR``): a real scanner's
+  DICOM, stored sagittal (PIR), 2 mm, but of a QA phantom (a bottle), not a
+  head: useful for geometry and for comparing two implementations, not as anatomy.
 
 Files are located without importing the packages that own them.
 """
@@ -66,12 +68,12 @@ def mni152_brain_reference(threshold: float = 0.5) -> sitk.Image:
 
 
 def xa30_t1_available() -> bool:
-    """Whether the real XA30 T1 head series is present."""
+    """Whether the XA30 T1 (phantom) series is present."""
     return XA30_T1_SERIES.is_dir() and any(XA30_T1_SERIES.glob("*.dcm.gz"))
 
 
 def xa30_t1_head() -> sitk.Image:
-    """The real Siemens XA30 3D T1 head (skull and neck included), float32, as stored (its own orientation)."""
+    """The Siemens XA30 3D T1 phantom volume, float32, as stored (sagittal, PIR)."""
     with tempfile.TemporaryDirectory(prefix="xa30_") as tmp:
         for src in sorted(XA30_T1_SERIES.glob("*.dcm.gz")):
             with gzip.open(src, "rb") as fin, open(Path(tmp) / src.name[:-3], "wb") as fout:
