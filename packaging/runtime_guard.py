@@ -36,10 +36,15 @@ def allowed_distributions() -> set[str]:
 
 
 def blocked_modules(allowed: set[str]) -> set[str]:
-    """Top-level modules provided only by installed distributions outside ``allowed``."""
+    """Top-level modules provided only by installed distributions outside ``allowed``.
+
+    Standard-library names stay importable even when an old PyPI backport of the
+    same name (e.g. ``argparse``) is installed: the standard library comes first
+    on ``sys.path``, so the backport is never what gets imported.
+    """
     owners = md.packages_distributions()
     return {module for module, dists in owners.items()
-            if not any(canonicalize_name(d) in allowed for d in dists)}
+            if module not in sys.stdlib_module_names and not any(canonicalize_name(d) in allowed for d in dists)}
 
 
 class _Guard:

