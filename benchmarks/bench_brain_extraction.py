@@ -14,8 +14,10 @@ sagittal PIR; ``$TSC_SHARED_DIR/data/dicom-variety``).
   (the package creates a folder there on import) and an audit hook refuses any
   socket connection, so the reference cannot download.
 
-Dice compares the two masks on the volume's grid. Also reported: our peak RSS
-(before the reference runs), the brain volume of each mask, torch threads.
+Dice compares the two masks on the volume's grid. Also reported: CPU seconds of
+each (process time: on a shared machine wall time mostly measures the other
+jobs), our peak RSS (before the reference runs), the brain volume of each mask,
+torch threads.
 
 Run: ``python -m benchmarks.bench_brain_extraction [--mode fast|accurate] [--no-mirroring]
 [--volume mni|xa30] [--json OUT]``. Writes ``{"reference_s", "ours_s", "dice", "mode", ...}``.
@@ -54,7 +56,7 @@ def _volume(name: str) -> sitk.Image:
     return real_anatomy.xa30_t1_head()
 
 
-def _reference_mask(image: sitk.Image, mode: str, mirroring: bool, home: Path) -> tuple[sitk.Image, float]:
+def _reference_mask(image: sitk.Image, mode: str, mirroring: bool, home: Path) -> tuple[sitk.Image, float, float]:
     from operators.hdbet_v1 import HDBET_ORIENTATION
 
     os.environ["HOME"] = str(home)
@@ -64,15 +66,15 @@ def _reference_mask(image: sitk.Image, mode: str, mirroring: bool, home: Path) -
 
     oriented = sitk.DICOMOrient(image, HDBET_ORIENTATION)
     data = sitk.GetArrayFromImage(oriented).astype(np.float32)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):
         _, seg = run_hd_bet_function(data, oriented.GetSpacing()[::-1], mode=mode, device="cpu",
                                      postprocess=True, do_tta=mirroring)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     mask = sitk.GetImageFromArray(np.asarray(seg > 0, dtype=np.uint8))
     mask.CopyInformation(oriented)
     original = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
-    return sitk.DICOMOrient(mask, original), seconds
+    return sitk.DICOMOrient(mask, original), seconds, cpu
 
 
 def run(mode: str, mirroring: bool | None, volume: str) -> dict:
@@ -86,16 +88,17 @@ def run(mode: str, mirroring: bool | None, volume: str) -> dict:
     t0 = time.perf_counter()
     predictor = HdBetV1Predictor.from_parameters(settings=settings, device="cpu")
     load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ours = predictor.predict_mask(image)
-    ours_s = time.perf_counter() - t0
+    ours_s, ours_cpu = time.perf_counter() - t0, time.process_time() - c0
     ours_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     clear_cache()
     del predictor
     with tempfile.TemporaryDirectory(prefix="bench_hdbet_home_") as home:
-        reference, reference_s = _reference_mask(image, mode, settings.use_mirroring, Path(home))
+        reference, reference_s, reference_cpu = _reference_mask(image, mode, settings.use_mirroring, Path(home))
     return {"reference_s": round(reference_s, 2), "ours_s": round(ours_s, 2),
             "dice": round(dice(ours, reference), 4), "mode": settings.describe(),
+            "reference_cpu_s": round(reference_cpu, 2), "ours_cpu_s": round(ours_cpu, 2),
             "volume": volume, "volume_size": list(image.GetSize()), "volume_spacing_mm": list(image.GetSpacing()),
             "ours_load_s": round(load_s, 2), "ours_peak_rss_mb": round(ours_rss_mb),
             "ours_brain_ml": round(mask_volume_ml(ours), 1), "reference_brain_ml": round(mask_volume_ml(reference), 1),
