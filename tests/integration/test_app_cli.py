@@ -170,10 +170,10 @@ def test_demo_shows_the_embedded_study_and_analyses_it(model_set: Path, fallback
     assert any("weight-free fallback" in note for note in outcome.quality_notes)
 
 
-def test_demo_without_a_model_set_says_no_prediction(tmp_path: Path) -> None:
+def test_demo_without_a_model_set_says_no_prediction(fallback_config: Path, tmp_path: Path) -> None:
     empty = tmp_path / "models"
     empty.mkdir()
-    result = run_app("demo", "--work", tmp_path, "-m", empty)
+    result = run_app("demo", "--work", tmp_path, "-m", empty, "-c", fallback_config)
     assert result.returncode == 0, result.stderr
     assert "no prediction: no model set" in result.stdout
     assert not list(tmp_path.rglob("results/*/*.dcm"))
