@@ -50,3 +50,23 @@ def test_walked_blocks_are_in_the_guide() -> None:
     assert any(c.startswith("/usr/bin/storescu +sd +r") for c in check)  # dcmtk's, by full path
     assert any("status" in c and "--check" in c for c in check)
     assert any(c.startswith("/usr/bin/echoscu") for c in check)
+
+
+def test_compose_keeps_the_stack_limit_and_uses_the_shipped_configs() -> None:
+    import yaml
+
+    compose_path = REPO / "app" / "node" / "compose.yaml"
+    compose = yaml.safe_load(compose_path.read_text())
+    node = compose["services"]["tsc-node"]
+    assert node["ulimits"]["stack"] == 33554432
+    assert "entrypoint" not in node  # the image's entry point raises the soft limit
+    assert node["build"]["args"]["DEMO_MODELS"] in ("yes", "no")
+    for service in ("tsc-node", "orthanc-retry"):
+        assert compose["services"][service]["network_mode"] == "service:orthanc"
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (compose_path.parent / source).exists(), volume
+    retry = " ".join(compose["services"]["orthanc-retry"]["command"])
+    assert "--password" not in retry and "127.0.0.1:8042" in retry
