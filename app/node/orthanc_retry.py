@@ -10,8 +10,8 @@ service of app/node/compose.yaml)::
 
 It lists Orthanc's jobs and resubmits every job of type ``DicomModalityStore`` in
 state ``Failure`` whose remote AE is the node. A resubmitted job keeps its id, so
-the study is never sent as two jobs. A failure Orthanc reports as permanent (the
-study was deleted, a file is unreadable) is not resubmitted; a transient one
+the study is never sent as two jobs. A permanent failure (the job's study is no longer
+in Orthanc, or an error code no retry can fix) is not resubmitted; a transient one
 (network, time-out, a refused association) is resubmitted until
 ``--give-up-after`` seconds have passed since it was first seen failing, then
 logged as given up. ``--state`` keeps that first-seen time across runs (needed
@@ -115,10 +115,12 @@ def resubmit_failed(client: OrthancClient, node_aet: str, ledger: RetryLedger | 
         code = job.get("ErrorCode")
         why = job.get("ErrorDescription") or f"error code {code}"
         first = ledger.first_seen.setdefault(job_id, now)
-        if code in PERMANENT_ERROR_CODES:
+        permanent = PERMANENT_ERROR_CODES.get(code)
+        if permanent is None and _resources_gone(client, content.get("ParentResources") or []):
+            permanent = "the study is no longer in Orthanc"
+        if permanent is not None:
             ledger.given_up.add(job_id)
-            logger.error("Orthanc job %s failed permanently (%s: %s); not resubmitted",
-                         job_id, PERMANENT_ERROR_CODES[code], why)
+            logger.error("Orthanc job %s failed permanently (%s: %s); not resubmitted", job_id, permanent, why)
             continue
         if now - first > give_up_after_s:
             ledger.given_up.add(job_id)
@@ -130,6 +132,25 @@ def resubmit_failed(client: OrthancClient, node_aet: str, ledger: RetryLedger | 
         logger.info("resubmitted Orthanc job %s (failed: %s)", job_id, why)
     ledger.save({str(j.get("ID")) for j in jobs})
     return done
+
+
+def _resources_gone(client: OrthancClient, resources: list[str]) -> bool:
+    """True when none of the job's resources exists in Orthanc any more (deleted meanwhile).
+
+    Orthanc 1.10 reports a store job whose study was deleted as "Internal error" (-1), so
+    the error code alone cannot tell this permanent failure from a transient one.
+    """
+    if not resources:
+        return False
+    for resource in resources:
+        for level in ("studies", "series", "instances", "patients"):
+            try:
+                client.request("GET", f"/{level}/{resource}")
+                return False
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    return False  # cannot tell: treat as transient
+    return True
 
 
 def read_password(password_file: Path | None, environ: dict[str, str] | None = None) -> str | None:
