@@ -21,7 +21,7 @@ from app.config import AppConfig
 from app.pipeline import StudyResult, checked_site_intended_use, find_model_set, make_brain_extractor
 from app.result_sink import ResultSinkOperator
 from operators.clinical_data import ClinicalDataOperator
-from operators.dicom_loading import DicomStudyLoaderOperator
+from operators.dicom_loading import DicomStudyLoaderOperator, LoadedFolder
 from operators.brain_extraction import BrainExtractionOperator
 from operators.inference import EnsembleInferenceOperator, RunnerOptions
 from operators.intended_use import IntendedUseGateOperator
@@ -41,7 +41,8 @@ class TscOutcomeApp(Application):
         models_dir: Model-set folder (or the MAP models folder holding one).
         config: Application configuration.
 
-    After ``run()``, ``result`` holds the :class:`~app.pipeline.StudyResult`.
+    After ``run()``, ``result`` holds the :class:`~app.pipeline.StudyResult` and ``scanned``
+    what the loader found in the input folder (read once, also for a failure report).
     """
 
     def __init__(self, *args, input_dir: Path, output_dir: Path, models_dir: Path,
@@ -51,15 +52,19 @@ class TscOutcomeApp(Application):
         self.models_dir = Path(models_dir)
         self.config = config or AppConfig()
         self.result: StudyResult | None = None
+        self.scanned: LoadedFolder | None = None
         super().__init__(*args, **kwargs)
 
     def _keep_result(self, result: StudyResult) -> None:
         self.result = result
 
+    def _keep_scanned(self, folder: LoadedFolder) -> None:
+        self.scanned = folder
+
     def compose(self) -> None:
         model_set_dir = find_model_set(self.models_dir)
         loader = DicomStudyLoaderOperator(self, CountCondition(self, 1), input_folder=self.input_dir,
-                                          name="dicom_loader")
+                                          on_scanned=self._keep_scanned, name="dicom_loader")
         selector = SeriesSelectorOperator(self, rules_path=self.config.series_rules, name="series_selector")
         t2_volume = VolumeConverterOperator(self, name="t2_volume")
         flair_volume = VolumeConverterOperator(self, name="flair_volume")

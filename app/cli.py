@@ -86,10 +86,18 @@ def run_study(input_dir: Path, output_dir: Path, models_dir: Path, config_path: 
         logger.exception("internal error")
         error, code = PipelineError(f"internal error: {type(exc).__name__}", stage="internal"), EXIT_ERROR
     else:
-        print(describe_result(application.result))
-        return EXIT_OK
+        outputs = application.result.outputs if application.result is not None else None
+        if outputs is None or outputs.sr is not None or not config.outputs.sr:
+            print(describe_result(application.result))
+            return EXIT_OK
+        # the prediction was made but its SR could not be built: a not-analysable SR says so
+        print(f"NOT ANALYSABLE [outputs] {outputs.failures.get('sr', 'the result SR was not written')}",
+              file=sys.stderr)
+        if outputs.not_analysable_sr is not None:
+            print(f"not-analysable SR: {outputs.not_analysable_sr}")
+        return EXIT_NOT_ANALYSABLE
     # The radiologist is not left waiting: whatever failed, the study gets a short SR saying so.
-    written = write_not_analysable(input_dir, output_dir, error, config)
+    written = write_not_analysable(input_dir, output_dir, error, config, folder=application.scanned)
     print(f"NOT ANALYSABLE {error}", file=sys.stderr)
     for path in written:
         print(f"not-analysable SR: {path}")

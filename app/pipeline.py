@@ -18,7 +18,7 @@ from app.config import AppConfig, ConfigurationError, app_config_from_dict, load
 from operators.brain_extraction import BrainExtractor, extract_brain
 from operators.clinical_data import SiteLookupTable, clinical_data_for_study
 from operators.datatypes import Prediction, Preprocessed, SelectedSeries
-from operators.dicom_loading import LoadedStudy, load_study, scan_folder
+from operators.dicom_loading import LoadedFolder, LoadedStudy, scan_folder, study_from_folder
 from operators.errors import ModelConfigurationError, PipelineError
 from operators.intended_use import IntendedPopulation, SiteIntendedUse, check_intended_use
 from operators.inference import EnsembleRunner, RunnerOptions, member_inputs_from_preprocessed
@@ -157,8 +157,10 @@ class StudyPipeline:
             finally:
                 timings[name] = round(time.perf_counter() - t0, 3)
 
+        folder: LoadedFolder | None = None
         try:
-            study = timed("load", load_study, Path(input_dir))
+            folder = timed("load", scan_folder, Path(input_dir))
+            study = study_from_folder(folder)
             gate = timed("intended_use", check_intended_use, study.first_dataset(), self.population,
                          self.site_intended_use)
             selection = timed("select", select_series, study, self.rules)
@@ -178,12 +180,15 @@ class StudyPipeline:
                             model_card=self.runner.model_set.model_card)
         except PipelineError as error:
             logger.warning("study not analysable: %s", error)
-            source = _source_datasets(study, Path(input_dir))
+            source = _source_datasets(study, folder)
             outputs = (write_not_analysable_outputs(Path(output_dir), error, source, selected_series=selected,
                                                     config=self.config.outputs,
                                                     intended_use_statements=[self.config.intended_use.statement()])
                        if source else WrittenOutputs())
             return StudyResult(False, outputs=outputs, error=error, timings_s=timings)
+        if outputs.sr is None and self.config.outputs.sr:
+            error = PipelineError(outputs.failures.get("sr", "the result SR was not written"), stage="outputs")
+            return StudyResult(False, prediction=prediction, outputs=outputs, error=error, timings_s=timings)
         return StudyResult(True, prediction=prediction, outputs=outputs, timings_s=timings)
 
     def process(self, study_dir: Path, output_dir: Path) -> Any:
@@ -217,41 +222,58 @@ def _study_instances(study: LoadedStudy) -> list[Any]:
     return [info.datasets[0] for info in study.series.values() if info.datasets]
 
 
-def _source_datasets(study: LoadedStudy | None, input_dir: Path) -> list[Any]:
+def _source_datasets(study: LoadedStudy | None, folder: LoadedFolder | None) -> list[Any]:
     """Instances identifying the study, for a not-analysable SR (empty if none is readable)."""
     if study is not None:
         return _study_instances(study)
-    studies = _readable_studies(input_dir)
+    studies = list(folder.studies.values()) if folder is not None else []
     return _study_instances(studies[0]) if len(studies) == 1 else []
 
 
-def _readable_studies(input_dir: Path) -> list[LoadedStudy]:
+def _readable_studies(input_dir: Path, folder: LoadedFolder | None) -> list[LoadedStudy]:
+    if folder is not None:
+        return list(folder.studies.values())
     try:
         return list(scan_folder(input_dir).studies.values())
-    except Exception:  # noqa: BLE001 - nothing readable: no SR can be attached to a study
-        logger.exception("input folder could not be scanned")
+    except PipelineError as exc:
+        logger.error("input folder could not be read: %s", exc.reason)
         return []
 
 
 def write_not_analysable(input_dir: Path, output_dir: Path, error: PipelineError,
-                         config: AppConfig) -> list[Path]:
+                         config: AppConfig, folder: LoadedFolder | None = None) -> list[Path]:
     """Write a "not analysable" SR into every readable study of the input; the paths written.
 
     An input normally holds one study; when it holds several (which is itself a
     reason not to analyse it), each study gets its own SR so no reader is left waiting.
+
+    Args:
+        input_dir: The input folder.
+        output_dir: Where the SRs go.
+        error: Why the study was not analysed.
+        config: Application configuration.
+        folder: What the loader already found in ``input_dir``; the folder is scanned
+            only when it was not (the failure came before the loader ran).
     """
     written: list[Path] = []
-    for study in _readable_studies(input_dir):
+    studies = _readable_studies(input_dir, folder)
+    failed = 0
+    for study in studies:
         try:
             out = write_not_analysable_outputs(output_dir, error, _study_instances(study), config=config.outputs,
                                                intended_use_statements=[config.intended_use.statement()])
-        except Exception:  # noqa: BLE001 - report the original failure, not this one
-            logger.exception("the not-analysable SR could not be written")
+        except Exception as exc:  # noqa: BLE001 - report the original failure, not this one
+            failed += 1
+            logger.error("the not-analysable SR of study %s could not be written (%s)",
+                         study.study_instance_uid, type(exc).__name__)
+            logger.debug("not-analysable SR failure", exc_info=True)
             continue
         if out.not_analysable_sr is not None:
             written.append(out.not_analysable_sr)
-    if not written:
+    if not studies:
         logger.error("no readable DICOM study in the input: no not-analysable SR written")
+    elif failed:
+        logger.error("%d of %d not-analysable SR(s) could not be written", failed, len(studies))
     return written
 
 

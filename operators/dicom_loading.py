@@ -22,7 +22,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pydicom
 from pydicom import Dataset
@@ -429,18 +429,35 @@ def load_study(root: Path, study_instance_uid: str | None = None) -> LoadedStudy
         DicomReadError: No usable DICOM image in the folder, the requested study is absent,
             or several studies are present and none was named.
     """
-    folder = scan_folder(root)
+    return study_from_folder(scan_folder(root), study_instance_uid)
+
+
+def study_from_folder(folder: LoadedFolder, study_instance_uid: str | None = None) -> LoadedStudy:
+    """The one study of an already scanned folder (or the one with the given UID).
+
+    Args:
+        folder: What :func:`scan_folder` found.
+        study_instance_uid: Which study to return when the folder holds several.
+
+    Returns:
+        The :class:`LoadedStudy`; files skipped anywhere in the folder are in its ``skipped``.
+
+    Raises:
+        DicomReadError: As :func:`load_study`.
+    """
+    name = folder.root.name if folder.root is not None else "the input"
     if not folder.studies:
         detail = f"; {len(folder.skipped)} file(s) skipped" if folder.skipped else ""
-        raise DicomReadError(f"no readable DICOM image in {Path(root).name}{detail}")
+        raise DicomReadError(f"no readable DICOM image in {name}{detail}")
     if study_instance_uid is None:
         if len(folder.studies) > 1:
-            listing = ", ".join(f"{uid} ({len(s.series)} series)" for uid, s in folder.studies.items())
-            raise DicomReadError(f"{len(folder.studies)} studies in {Path(root).name}: {listing}; name one")
+            series = sum(len(s.series) for s in folder.studies.values())
+            raise DicomReadError(f"input holds {len(folder.studies)} studies ({series} image series); "
+                                 "this app analyses one study per run")
         study = next(iter(folder.studies.values()))
     else:
         if study_instance_uid not in folder.studies:
-            raise DicomReadError(f"study {study_instance_uid} not found in {Path(root).name}")
+            raise DicomReadError(f"study {study_instance_uid} not found in {name}")
         study = folder.studies[study_instance_uid]
     for skipped in folder.skipped:
         if skipped not in study.skipped:
@@ -466,16 +483,20 @@ def _build_operator() -> type:
         """
 
         def __init__(self, fragment: Fragment, *args: Any, input_folder: Path | str = "input",
-                     study_instance_uid: str | None = None, **kwargs: Any) -> None:
+                     study_instance_uid: str | None = None,
+                     on_scanned: Callable[[LoadedFolder], None] | None = None, **kwargs: Any) -> None:
             """Create the operator.
 
             Args:
                 fragment: The application (a Fragment) the operator belongs to.
                 input_folder: Default study folder.
                 study_instance_uid: Study to load when the folder holds several.
+                on_scanned: Called with everything found in the folder, before the study is
+                    taken from it (so that a failure report need not read the folder again).
             """
             self.input_folder = Path(input_folder)
             self.study_instance_uid = study_instance_uid
+            self.on_scanned = on_scanned
             super().__init__(fragment, *args, **kwargs)
 
         def setup(self, spec: OperatorSpec) -> None:
@@ -488,8 +509,10 @@ def _build_operator() -> type:
                 folder = op_input.receive("input_folder")
             except Exception:  # noqa: BLE001 - the port is optional
                 folder = None
-            root = Path(folder) if folder else self.input_folder
-            op_output.emit(load_study(root, self.study_instance_uid), "study")
+            scanned = scan_folder(Path(folder) if folder else self.input_folder)
+            if self.on_scanned is not None:
+                self.on_scanned(scanned)
+            op_output.emit(study_from_folder(scanned, self.study_instance_uid), "study")
 
     return DicomStudyLoaderOperator
 

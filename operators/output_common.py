@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
+from operators.header_values import copy_valid
+
 #: Patient and study attributes copied from a source instance (Patient, General
 #: Study and Patient Study modules), including the Specific Character Set so that
 #: non-ASCII names survive unchanged.
@@ -21,10 +23,8 @@ PATIENT_STUDY_TYPE2 = (
 
 
 def copy_patient_study(source: Dataset, target: Dataset) -> None:
-    """Copy the patient and study modules of ``source`` into ``target``."""
-    for keyword in PATIENT_STUDY_KEYWORDS:
-        if keyword in source:
-            target[keyword] = source[keyword]
+    """Copy the valid patient and study values of ``source`` into ``target`` (invalid ones left empty)."""
+    copy_valid(source, target, PATIENT_STUDY_KEYWORDS, empty_when_invalid=PATIENT_STUDY_TYPE2)
     for keyword in PATIENT_STUDY_TYPE2:
         if keyword not in target:
             setattr(target, keyword, None)

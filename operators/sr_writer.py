@@ -62,6 +62,7 @@ from operators import private_codes as pc
 from operators import report_wording as words
 from operators.datatypes import ClinicalData, Preprocessed, Prediction, QualityFlag, Role, SelectedSeries
 from operators.errors import PipelineError
+from operators.header_values import clear_invalid
 from operators.intended_use import IntendedUseCheck
 
 logger = logging.getLogger(__name__)
@@ -425,12 +426,13 @@ def _separate_containers(items: Sequence[Dataset]) -> None:
 
 
 def _patient_study_source(dataset: Dataset) -> Dataset:
-    """A shallow copy of ``dataset`` with the Type 2 attributes highdicom needs present."""
+    """A shallow copy of ``dataset``, invalid patient/study values emptied, the Type 2 ones highdicom needs present."""
     source = Dataset()
     for element in dataset:
         if element.tag.group != 0x7FE0:
             source.add(element)
     source.file_meta = getattr(dataset, "file_meta", Dataset())
+    clear_invalid(source)
     for keyword in _TYPE2_SOURCE_ATTRIBUTES:
         if keyword not in source:
             setattr(source, keyword, None)

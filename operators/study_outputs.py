@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from operators.datatypes import ClinicalData, Prediction, Preprocessed, SelectedSeries
 from operators.errors import PipelineError
 from operators.flair3_series import build_flair3_series, save_series
+from operators.header_values import identifying_copy, log_header_problems
 from operators.intended_use import IntendedUseCheck
 from operators.output_config import OutputConfig, load_output_config
 from operators.pdf_report import build_encapsulated_pdf, render_report_pdf, save_pdf_instance
@@ -85,11 +86,22 @@ def write_study_outputs(
     config = config or OutputConfig()
     app = app or AppIdentity(institution_name=config.institution_name)
     written = WrittenOutputs()
+    sources = [ds for series in selected_series for ds in series.datasets[:1]]
+    if sources:
+        log_header_problems(sources[0])
     if config.sr:
-        sr = build_result_sr(prediction, selected_series, preprocessed, app=app,
-                             series_number=config.sr_series_number, clinical=clinical,
-                             intended_use=intended_use)
-        written.sr = save_sr(sr, output_folder)
+        try:
+            sr = build_result_sr(prediction, selected_series, preprocessed, app=app,
+                                 series_number=config.sr_series_number, clinical=clinical,
+                                 intended_use=intended_use)
+            written.sr = save_sr(sr, output_folder)
+        except Exception as error:  # the study must still get a report: say why in a not-analysable SR
+            written.failures["sr"] = f"the result SR could not be built ({type(error).__name__})"
+            logger.error("%s; writing a not-analysable SR instead", written.failures["sr"])
+            logger.debug("result SR failure", exc_info=True)
+            failure = PipelineError(written.failures["sr"], stage="outputs")
+            written.not_analysable_sr = _save_not_analysable_sr(
+                output_folder, failure, sources, selected_series, prediction, config, app)
     if config.result_page:
         try:
             page = render_result_page(prediction, selected_series, preprocessed, clinical=clinical,
@@ -99,8 +111,9 @@ def write_study_outputs(
                 manufacturer=app.manufacturer, software_version=app.resolved_version())
             written.result_page = save_result_page(instance, output_folder)
         except Exception as error:  # optional output: keep the SR going
-            logger.exception("Result page not written")
-            written.failures["result_page"] = str(error)
+            written.failures["result_page"] = type(error).__name__
+            logger.error("Result page not written (%s)", type(error).__name__)
+            logger.debug("Result page not written", exc_info=True)
     if config.flair3_series:
         if preprocessed is None:
             written.failures["flair3_series"] = "no preprocessed images"
@@ -111,8 +124,9 @@ def write_study_outputs(
                     manufacturer=app.manufacturer, software_version=app.resolved_version())
                 written.flair3_series = save_series(instances, output_folder)
             except Exception as error:  # optional output: keep the SR going
-                logger.exception("FLAIR3 series not written")
-                written.failures["flair3_series"] = str(error)
+                written.failures["flair3_series"] = type(error).__name__
+                logger.error("FLAIR3 series not written (%s)", type(error).__name__)
+                logger.debug("FLAIR3 series not written", exc_info=True)
     if config.pdf:
         try:
             summary = (config.model_card_text(model_card_base_dir)
@@ -125,8 +139,9 @@ def write_study_outputs(
                 manufacturer=app.manufacturer, software_version=app.resolved_version())
             written.pdf = save_pdf_instance(instance, output_folder)
         except Exception as error:  # optional output: keep the SR going
-            logger.exception("PDF report not written")
-            written.failures["pdf"] = str(error)
+            written.failures["pdf"] = type(error).__name__
+            logger.error("PDF report not written (%s)", type(error).__name__)
+            logger.debug("PDF report not written", exc_info=True)
     logger.info("Study outputs written: %d file(s)%s", len(written.paths()),
                 f", failed: {sorted(written.failures)}" if written.failures else "")
     return written
@@ -162,12 +177,34 @@ def write_not_analysable_outputs(
     app = app or AppIdentity(institution_name=config.institution_name)
     written = WrittenOutputs()
     if config.not_analysable_sr:
+        if source_datasets:
+            log_header_problems(source_datasets[0])
+        written.not_analysable_sr = _save_not_analysable_sr(
+            output_folder, error, source_datasets, selected_series, prediction, config, app,
+            intended_use_statements=intended_use_statements)
+    return written
+
+
+def _save_not_analysable_sr(output_folder: Path, error: PipelineError, source_datasets: Sequence[Dataset],
+                            selected_series: Sequence[SelectedSeries], prediction: Prediction | None,
+                            config: OutputConfig, app: AppIdentity,
+                            intended_use_statements: Sequence[str] = ()) -> Path:
+    """Write the not-analysable SR; when it cannot be built from the study's headers, a minimal one."""
+    try:
         sr = build_not_analysable_sr(error, source_datasets, selected_series=selected_series,
-                                     prediction=prediction, app=app,
+                                     prediction=prediction, app=app, series_number=config.sr_series_number,
+                                     intended_use_statements=intended_use_statements)
+    except Exception as failure:  # noqa: BLE001 - fall back to the identifiers only, below
+        sources = list(source_datasets) or [ds for s in selected_series for ds in s.datasets[:1]]
+        if not sources:
+            raise
+        logger.error("the not-analysable SR could not be built from the study's headers (%s); "
+                     "writing a minimal one (study identifiers and reason only)", type(failure).__name__)
+        logger.debug("not-analysable SR failure", exc_info=True)
+        sr = build_not_analysable_sr(error, [identifying_copy(sources[0])], app=app,
                                      series_number=config.sr_series_number,
                                      intended_use_statements=intended_use_statements)
-        written.not_analysable_sr = save_sr(sr, output_folder)
-    return written
+    return save_sr(sr, output_folder)
 
 
 def _build_operator() -> type:
