@@ -36,12 +36,17 @@ class CandidateScore:
 
 @dataclass(frozen=True)
 class SelectionExplanation:
-    """Why a series was chosen for a role: the rule and attribute values that decided."""
+    """Why a series was chosen for a role: the rule and attribute values that decided.
+
+    ``flags`` are quality notes for the report (e.g. two candidates that could only be
+    told apart by the tie rule).
+    """
 
     role: Role
     rule: str
     deciding_attributes: dict[str, Any]
     candidates: tuple[CandidateScore, ...] = ()
+    flags: tuple["QualityFlag", ...] = ()
 
 
 @dataclass

@@ -18,12 +18,21 @@ Each series is then scored for each role by :func:`score_candidate`:
    T2 = no FLAIR-like inversion, long TR, long TE.
 3. *Preferences* add points: axial, more slices, spin echo, AcquisitionContrast,
    and SeriesDescription/ProtocolName patterns (role name +, other role's name -,
-   decoy names -). Names can reorder eligible series but never make an
-   ineligible one eligible.
+   decoy names such as ROI, copy, MPR, T1 -, even beside a role name). Names can
+   reorder eligible series but never make an ineligible one eligible.
+4. *Provenance* takes points from signs of a workstation copy (the scanner's
+   ImageType is often kept): a workstation or PACS viewer in Manufacturer /
+   ManufacturerModelName / SoftwareVersions (OsiriX, Horos, syngo.via...), a UID
+   root unlike the study's, a series number far above the study's, and pixel data
+   identical to another candidate's (a hash of the middle instance, computed only
+   for eligible candidates of equal size).
 
-The best eligible series wins; equal best scores raise
-:class:`~operators.errors.AmbiguousSeriesError` naming both, no eligible series
-raises :class:`~operators.errors.NoSuitableSeriesError` listing what was found.
+The best eligible series wins. When two are still equal, the original acquisition
+is taken by the tie rule (earliest SeriesDate/SeriesTime, else AcquisitionDate/
+AcquisitionTime, then lowest SeriesNumber), the reason says so and a quality note
+goes into the report; only when the tie rule cannot tell them apart either is
+:class:`~operators.errors.AmbiguousSeriesError` raised, naming both. No eligible
+series raises :class:`~operators.errors.NoSuitableSeriesError` listing what was found.
 Defaults need no configuration; a site YAML file (format in
 ``docs/series-selection.md``) can change thresholds, weights and name patterns,
 and force a series by description. Every decision is logged and returned as a
@@ -35,16 +44,19 @@ The thin operator :class:`SeriesSelectorOperator` is built on first access.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import re
+import statistics
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 from pydicom import Dataset
 
-from operators.datatypes import CandidateScore, Role, SelectedSeries, SelectionExplanation
+from operators.datatypes import CandidateScore, QualityFlag, Role, SelectedSeries, SelectionExplanation
 from operators.dicom_loading import LoadedStudy, SeriesInfo
 from operators.errors import AmbiguousSeriesError, NoSuitableSeriesError, SeriesRulesError, SeriesSelectionError
 from operators.lazy_operator import lazy_operator
@@ -55,7 +67,8 @@ TIE_EPSILON = 1e-6
 
 # Name patterns are Python regular expressions matched case-insensitively against
 # "SeriesDescription | ProtocolName | SequenceName". FLAIR names are tested before
-# T2 names, since most FLAIR names contain "T2" too.
+# T2 names, since most FLAIR names contain "T2" too; decoy names count on their own
+# (a "FLAIR_ROI" is a FLAIR name and a decoy name).
 DEFAULT_RULES: dict[str, Any] = {
     "version": 1,
     "thresholds": {
@@ -63,6 +76,8 @@ DEFAULT_RULES: dict[str, Any] = {
         "t2": {"tr_min_ms": 2000.0, "te_min_ms": 70.0, "te_max_ms": 600.0, "flair_like_ti_min_ms": 1400.0},
         "min_slices": 8,
         "max_oblique_deg": 45.0,
+        "large_series_number": 1000,
+        "large_series_number_ratio": 5.0,
     },
     "exclude": {"derived": True, "localizer": True, "diffusion": True, "contrast": True, "incomplete": True},
     "weights": {
@@ -77,6 +92,10 @@ DEFAULT_RULES: dict[str, Any] = {
         "name_other_role": -15.0,
         "name_decoy": -20.0,
         "contrast_penalty": -40.0,
+        "workstation": -30.0,
+        "foreign_uid_root": -15.0,
+        "large_series_number": -5.0,
+        "duplicate_pixels": -30.0,
     },
     "names": {
         "flair": [
@@ -100,6 +119,17 @@ DEFAULT_RULES: dict[str, Any] = {
             r"(?<![a-z0-9])mip(?![a-z0-9])", r"(?<![a-z0-9])sub(?![a-z0-9])",
             r"(?<![a-z0-9])swi(?![a-z0-9])", r"t2[\s_-]*\*", r"t2star", r"(?<![a-z0-9])hemo", r"(?<![a-z0-9])perf",
             r"(?<![a-z0-9])asl(?![a-z0-9])", r"(?<![a-z0-9])bold(?![a-z0-9])",
+            r"(?<![a-z0-9])cop(y|ie)", r"(?<![a-z0-9])kopie", r"key[\s_-]*im", r"screen[\s_-]*(save|shot|capture)",
+            r"snap[\s_-]*shot", r"secondary[\s_-]*capture", r"subtract", r"annotat",
+        ],
+        # matched against "Manufacturer | ManufacturerModelName | SoftwareVersions": a workstation
+        # or PACS viewer wrote the series (a copy, ROI or screen save of an acquisition)
+        "workstation": [
+            r"osirix", r"horos", r"syngo[\s._-]*via", r"intelli[\s_-]*space", r"vitrea", r"advantage[\s_-]*(workstation|windows)",
+            r"(?<![a-z0-9])aw[\s_-]*server", r"carestream", r"vue[\s_-]*pacs", r"visage", r"synapse", r"centricity",
+            r"impax", r"enterprise[\s_-]*imaging", r"(3d[\s_-]*)?slicer", r"radiant", r"weasis", r"mimics",
+            r"olea[\s_-]*sphere", r"ziostation", r"terarecon", r"aquarius", r"clearcanvas", r"mint[\s_-]*lesion",
+            r"(?<![a-z0-9])pacs(?![a-z0-9])",
         ],
     },
     "force": {"t2": None, "flair": None},
@@ -152,7 +182,7 @@ def _merge_names(base: dict[str, list[str]], override: Mapping[str, Any]) -> dic
         if key == "replace_defaults":
             continue
         if key not in base:
-            raise SeriesRulesError(f"unknown name list 'names.{key}' (use flair, t2 or decoy)")
+            raise SeriesRulesError(f"unknown name list 'names.{key}' (use flair, t2, decoy or workstation)")
         if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
             raise SeriesRulesError(f"'names.{key}' must be a list of regular expressions")
         out[key].extend(patterns)
@@ -245,6 +275,10 @@ class SeriesFeatures:
     obliquity_deg: float
     n_orientations: int
     unreadable_files: int
+    equipment: str = ""
+    uid_roots: frozenset[str] = frozenset()
+    acquired_at: datetime | None = None
+    rows_columns_frames: tuple[int, int, int] = (0, 0, 0)
 
     def names_text(self) -> str:
         return " | ".join(t for t in (self.description, self.protocol_name, self.sequence_name) if t)
@@ -407,6 +441,8 @@ def series_features(info: SeriesInfo) -> SeriesFeatures:
     else:
         label, angle = "unknown", 0.0
 
+    equipment = " | ".join(t for t in (_text(ds.get("Manufacturer")), _text(ds.get("ManufacturerModelName")),
+                                        _text(ds.get("SoftwareVersions"))) if t)
     return SeriesFeatures(
         series_instance_uid=info.series_instance_uid,
         series_number=info.series_number,
@@ -434,7 +470,83 @@ def series_features(info: SeriesInfo) -> SeriesFeatures:
         obliquity_deg=round(angle, 1),
         n_orientations=len(orientations),
         unreadable_files=len(info.skipped),
+        equipment=equipment,
+        uid_roots=frozenset({uid_root(info.series_instance_uid), uid_root(str(ds.get("SOPInstanceUID", "") or ""))}),
+        acquired_at=_acquired_at(info.datasets),
+        rows_columns_frames=(_int(ds.get("Rows")), _int(ds.get("Columns")), info.number_of_frames),
     )
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) and hasattr(value, "__len__"):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+# Arcs under which organisations get their own number: the root is the arc plus that number.
+_UID_ARCS = ("1.3.6.1.4.1.", "1.2.840.", "1.2.826.0.1.", "2.16.840.1.", "1.2.392.200036.", "1.2.276.0.")
+
+
+def uid_root(uid: str) -> str:
+    """The organisation root of a UID (e.g. ``1.3.12.2`` for Siemens, ``1.3.6.1.4.1.19291`` for OsiriX).
+
+    The root is the registration arc plus the organisation's number where the UID lies under
+    a known arc (ISO member bodies, IANA enterprises...), else its first four components;
+    ``2.25`` (UUID-derived) UIDs have no organisation root.
+    """
+    uid = uid.strip()
+    if not uid:
+        return ""
+    if uid.startswith("2.25."):
+        return "2.25"
+    for arc in _UID_ARCS:
+        if uid.startswith(arc):
+            rest = uid[len(arc):].split(".")
+            return arc + rest[0]
+    return ".".join(uid.split(".")[:4])
+
+
+_TIME = re.compile(r"^(\d{2}):?(\d{2})?:?(\d{2})?(\.\d{1,6})?")
+
+
+def _date_time(date: Any, time: Any) -> datetime | None:
+    date_text, time_text = _text(date), _text(time)
+    if not re.fullmatch(r"\d{8}", date_text):
+        date_text = "19000101" if time_text else ""
+    if not date_text:
+        return None
+    match = _TIME.match(time_text)
+    try:
+        day = datetime.strptime(date_text, "%Y%m%d")
+        if match is None:
+            return day
+        hours, minutes, seconds, fraction = match.groups()
+        return day.replace(hour=int(hours), minute=int(minutes or 0), second=int(seconds or 0),
+                           microsecond=int(float(fraction or 0) * 1e6))
+    except ValueError:
+        return None
+
+
+def _acquired_at(datasets: list[Dataset]) -> datetime | None:
+    """When the series was acquired: SeriesDate/SeriesTime, else the earliest AcquisitionDate/AcquisitionTime."""
+    ds = datasets[0]
+    study_date = ds.get("StudyDate")
+    when = _date_time(ds.get("SeriesDate") or study_date, ds.get("SeriesTime")) if ds.get("SeriesTime") else None
+    if when is not None:
+        return when
+    times = [_date_time(d.get("AcquisitionDate") or d.get("SeriesDate") or study_date, d.get("AcquisitionTime"))
+             for d in datasets if d.get("AcquisitionTime")]
+    times = [t for t in times if t is not None]
+    return min(times) if times else None
 
 
 def _max_frame_b_value(datasets: Iterable[Dataset]) -> float | None:
@@ -479,10 +591,11 @@ class _Score:
 
 
 def name_signal(features: SeriesFeatures, rules: SeriesRules) -> str | None:
-    """What the series' names suggest: ``"flair"``, ``"t2"``, ``"decoy"`` or None.
+    """What the series' names suggest first: ``"flair"``, ``"t2"``, ``"decoy"`` or None.
 
-    FLAIR words are tested first (most FLAIR names contain "T2"), decoy words
-    (DWI, localizer, T1, post-contrast...) only when no role word is present.
+    FLAIR words are tested first (most FLAIR names contain "T2"), then T2 words, then
+    decoy words (DWI, localizer, T1, post-contrast...). Scoring also counts decoy words
+    next to a role word (:func:`decoy_words`).
     """
     text = features.names_text()
     if not text:
@@ -491,6 +604,58 @@ def name_signal(features: SeriesFeatures, rules: SeriesRules) -> str | None:
         if any(p.search(text) for p in rules.name_patterns[key]):
             return key
     return None
+
+
+def decoy_words(features: SeriesFeatures, rules: SeriesRules) -> list[str]:
+    """The decoy words in the series' names (ROI, copy, MPR, T1, DWI...), even beside FLAIR or T2."""
+    text = features.names_text()
+    found = [m.group(0) for p in rules.name_patterns["decoy"] for m in [p.search(text)] if m]
+    return found
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What a series is compared with: the rest of its study.
+
+    Attributes:
+        uid_root: The UID root most of the study's series (and its Study Instance UID) share.
+        median_series_number: Median Series Number over the study's series.
+        copies: Series Instance UID of a series whose pixel data equal another's -> the
+            series number of the one taken as the original.
+    """
+
+    uid_root: str | None = None
+    median_series_number: float | None = None
+    copies: Mapping[str, int | None] = field(default_factory=dict)
+
+
+def study_context(study_uid: str, feats: list[SeriesFeatures]) -> StudyContext:
+    """The UID root and series numbers of a study, for the provenance checks."""
+    votes: dict[str, int] = {}
+    for root in [uid_root(study_uid)] + [uid_root(f.series_instance_uid) for f in feats]:
+        if root:
+            votes[root] = votes.get(root, 0) + 1
+    ranked = sorted(votes.items(), key=lambda kv: kv[1], reverse=True)
+    majority = ranked[0][0] if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]) else None
+    numbers = [f.series_number for f in feats if f.series_number is not None]
+    return StudyContext(uid_root=majority, median_series_number=statistics.median(numbers) if numbers else None)
+
+
+def _provenance(f: SeriesFeatures, rules: SeriesRules, context: StudyContext, s: _Score) -> None:
+    """Signs that the series is a workstation copy rather than the scanner's acquisition."""
+    w, th = rules.weights, rules.thresholds
+    if f.equipment and any(p.search(f.equipment) for p in rules.name_patterns["workstation"]):
+        s.add(float(w["workstation"]), f"written by a workstation ('{f.equipment[:64]}'): a copy")
+    if context.uid_root and f.uid_roots - {"", context.uid_root}:
+        other = sorted(f.uid_roots - {"", context.uid_root})[0]
+        s.add(float(w["foreign_uid_root"]), f"UID root {other} unlike the study's {context.uid_root}")
+    number, median = f.series_number, context.median_series_number
+    if number is not None and number >= th["large_series_number"] and median is not None and \
+            number >= th["large_series_number_ratio"] * median:
+        s.add(float(w["large_series_number"]), f"series number {number} far above the study's (median {median:g})")
+    if f.series_instance_uid in context.copies:
+        s.add(float(w["duplicate_pixels"]),
+              f"same pixel data as series {context.copies[f.series_instance_uid]}: a copy of it")
 
 
 def _exclusions(f: SeriesFeatures, rules: SeriesRules, s: _Score) -> None:
@@ -599,12 +764,14 @@ def _physics_t2(f: SeriesFeatures, rules: SeriesRules, s: _Score) -> None:
         s.refuse("AcquisitionContrast FLUID_ATTENUATED")
 
 
-def score_candidate(features: SeriesFeatures, role: Role, rules: SeriesRules) -> CandidateScore:
+def score_candidate(features: SeriesFeatures, role: Role, rules: SeriesRules,
+                    context: StudyContext | None = None) -> CandidateScore:
     """Score one series for one role (see the module docstring for the rules)."""
-    return _score_role(features, role, rules)[0]
+    return _score_role(features, role, rules, context or StudyContext())[0]
 
 
-def _score_role(features: SeriesFeatures, role: Role, rules: SeriesRules) -> tuple[CandidateScore, dict[str, Any]]:
+def _score_role(features: SeriesFeatures, role: Role, rules: SeriesRules,
+                context: StudyContext) -> tuple[CandidateScore, dict[str, Any]]:
     s = _Score()
     _exclusions(features, rules, s)
     (_physics_flair if role is Role.FLAIR else _physics_t2)(features, rules, s)
@@ -620,8 +787,11 @@ def _score_role(features: SeriesFeatures, role: Role, rules: SeriesRules) -> tup
         s.add(float(w["name_role"]), f"name '{features.names_text()}' suggests {role.value}")
     elif signal in ("flair", "t2"):
         s.add(float(w["name_other_role"]), f"name '{features.names_text()}' suggests {signal.upper()}")
-    elif signal == "decoy":
-        s.add(float(w["name_decoy"]), f"name '{features.names_text()}' suggests another kind of series")
+    decoys = decoy_words(features, rules)
+    if decoys:
+        s.add(float(w["name_decoy"]), f"name '{features.names_text()}' suggests another kind of series "
+              f"({', '.join(decoys[:3])})")
+    _provenance(features, rules, context, s)
     s.deciding.setdefault("orientation", features.orientation)
     s.deciding.setdefault("slices", features.n_slices)
     return CandidateScore(
@@ -656,11 +826,22 @@ class SeriesSelection:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _choose(role: Role, feats: list[SeriesFeatures],
-            rules: SeriesRules) -> tuple[SeriesFeatures | None, SelectionExplanation, Exception | None]:
+TIE_RULE = ("earliest SeriesDate/SeriesTime (else AcquisitionDate/AcquisitionTime), "
+            "then lowest SeriesNumber")
+
+
+def _original_key(f: SeriesFeatures) -> tuple:
+    """Sort key of the tie rule: the original acquisition comes first."""
+    return (f.acquired_at is None, f.acquired_at or datetime.min,
+            f.series_number is None, f.series_number if f.series_number is not None else 0)
+
+
+def _choose(role: Role, feats: list[SeriesFeatures], rules: SeriesRules, context: StudyContext | None = None
+            ) -> tuple[SeriesFeatures | None, SelectionExplanation, Exception | None]:
+    context = context or StudyContext()
     scored = []
     for f in feats:
-        candidate, deciding = _score_role(f, role, rules)
+        candidate, deciding = _score_role(f, role, rules, context)
         scored.append((candidate, deciding, f))
     scored.sort(key=lambda item: (item[0].eligible, item[0].score), reverse=True)
     candidates = tuple(c for c, _, _ in scored)
@@ -686,23 +867,101 @@ def _choose(role: Role, feats: list[SeriesFeatures],
         expl = SelectionExplanation(role=role, rule="no eligible series", deciding_attributes={},
                                     candidates=candidates)
         return None, expl, NoSuitableSeriesError(msg, role=role.value, candidates=candidates)
-    best_c, best_d, best_f = eligible[0]
-    if len(eligible) > 1 and abs(eligible[1][0].score - best_c.score) <= TIE_EPSILON:
-        tied = [f for c, _, f in eligible if abs(c.score - best_c.score) <= TIE_EPSILON]
-        msg = (f"{len(tied)} series are equally good {role.value} candidates (score {best_c.score:g}): "
-               + "; ".join(f"{f.short()} uid {f.series_instance_uid}" for f in tied)
-               + "; name one with a site rule (force)")
-        expl = SelectionExplanation(role=role, rule="tie", deciding_attributes={}, candidates=candidates)
-        return None, expl, AmbiguousSeriesError(msg, role=role.value, candidates=candidates)
-    margin = best_c.score - eligible[1][0].score if len(eligible) > 1 else None
-    physics = "; ".join(r for r in best_c.reasons if not r.startswith("+0"))
-    if margin is not None:
-        lead = f", {margin:g} ahead of series {eligible[1][2].series_number}"
+    best_c = eligible[0][0]
+    tied = [item for item in eligible if abs(item[0].score - best_c.score) <= TIE_EPSILON]
+    flags: list[QualityFlag] = []
+    if len(tied) > 1:
+        tied.sort(key=lambda item: _original_key(item[2]))
+        if _original_key(tied[0][2]) == _original_key(tied[1][2]):
+            msg = (f"{len(tied)} series are equally good {role.value} candidates (score {best_c.score:g}) and "
+                   f"the tie rule ({TIE_RULE}) cannot tell them apart: "
+                   + "; ".join(f"{f.short()} uid {f.series_instance_uid}" for _, _, f in tied)
+                   + "; name one with a site rule (force)")
+            expl = SelectionExplanation(role=role, rule="tie", deciding_attributes={}, candidates=candidates)
+            return None, expl, AmbiguousSeriesError(msg, role=role.value, candidates=candidates)
+        best_c, best_d, best_f = tied[0]
+        others = ", ".join(str(f.series_number) for _, _, f in tied[1:])
+        lead = (f", tied with series {others}: taken as the original acquisition by the tie rule "
+                f"({TIE_RULE})")
+        flags.append(QualityFlag(
+            code="SERIES_TIE_BROKEN", severity="warning",
+            message=f"{role.value}: series {best_f.series_number} and {others} are equally good candidates "
+                    f"(score {best_c.score:g}); series {best_f.series_number} was taken as the original "
+                    f"acquisition ({TIE_RULE}); check that it is the intended one"))
     else:
-        lead = ", only eligible series"
+        best_c, best_d, best_f = eligible[0]
+        if len(eligible) > 1:
+            lead = f", {best_c.score - eligible[1][0].score:g} ahead of series {eligible[1][2].series_number}"
+        else:
+            lead = ", only eligible series"
+    copies = [f for c, _, f in eligible if context.copies.get(f.series_instance_uid, -1) == best_f.series_number
+              and f is not best_f]
+    if copies:
+        listed = ", ".join(str(f.series_number) for f in copies)
+        flags.append(QualityFlag(
+            code="SERIES_COPY_IGNORED", severity="info",
+            message=f"{role.value}: series {listed} hold the same pixel data as series {best_f.series_number} "
+                    "and were taken as copies of it"))
+    physics = "; ".join(r for r in best_c.reasons if not r.startswith("+0"))
     rule = f"best {role.value} score {best_c.score:g}{lead} ({physics})"
-    expl = SelectionExplanation(role=role, rule=rule, deciding_attributes=dict(best_d), candidates=candidates)
+    expl = SelectionExplanation(role=role, rule=rule, deciding_attributes=dict(best_d), candidates=candidates,
+                                flags=tuple(flags))
     return best_f, expl, None
+
+
+def _pixel_copies(feats: list[SeriesFeatures], by_uid: Mapping[str, SeriesInfo], rules: SeriesRules,
+                  context: StudyContext) -> dict[str, int | None]:
+    """Series whose pixel data equal another series', each mapped to the series taken as the original.
+
+    Only series eligible for the same role and of equal size (rows, columns, frames) are compared,
+    by a hash of the pixel data of their middle instance, so that a study without
+    look-alike candidates reads no pixel data here. Of identical series the original is
+    the one with the fewest provenance signs, then by the tie rule.
+    """
+    digests: dict[str, str | None] = {}
+    copies: dict[str, int | None] = {}
+    for role in Role:
+        by_size: dict[tuple[int, int, int], list[SeriesFeatures]] = {}
+        for f in feats:
+            if _score_role(f, role, rules, context)[0].eligible:
+                by_size.setdefault(f.rows_columns_frames, []).append(f)
+        for group in by_size.values():
+            if len(group) < 2:
+                continue
+            by_hash: dict[str, list[SeriesFeatures]] = {}
+            for f in group:
+                uid = f.series_instance_uid
+                if uid not in digests:
+                    digests[uid] = _pixel_digest(by_uid[uid])
+                if digests[uid] is not None:
+                    by_hash.setdefault(digests[uid], []).append(f)
+            for same in by_hash.values():
+                if len(same) < 2:
+                    continue
+                signs = {f.series_instance_uid: _provenance_signs(f, rules, context) for f in same}
+                same.sort(key=lambda f: (signs[f.series_instance_uid], _original_key(f)))
+                for f in same[1:]:
+                    if f.series_instance_uid not in copies:
+                        copies[f.series_instance_uid] = same[0].series_number
+                        logger.info("series %s holds the same pixel data as series %s: taken as a copy",
+                                    f.series_number, same[0].series_number)
+    return copies
+
+
+def _provenance_signs(f: SeriesFeatures, rules: SeriesRules, context: StudyContext) -> int:
+    s = _Score()
+    _provenance(f, rules, context, s)
+    return len(s.reasons)
+
+
+def _pixel_digest(info: SeriesInfo) -> str | None:
+    """SHA-256 of the pixel data of the series' middle instance (None when unreadable)."""
+    ds = info.datasets[len(info.datasets) // 2]
+    try:
+        data = ds.PixelData
+    except Exception:  # noqa: BLE001 - unreadable pixel data: no comparison
+        return None
+    return hashlib.sha256(data).hexdigest() if data else None
 
 
 def _first_refusal(candidate: CandidateScore) -> str:
@@ -738,12 +997,15 @@ def select_series(
     infos = [info for info in study.series.values() if info.datasets]
     feats = [series_features(info) for info in infos]
     by_uid = {info.series_instance_uid: info for info in infos}
+    context = study_context(study.study_instance_uid, feats)
+    context = StudyContext(context.uid_root, context.median_series_number,
+                           _pixel_copies(feats, by_uid, rules, context))
 
     chosen: dict[Role, SeriesFeatures | None] = {}
     explanations: dict[Role, SelectionExplanation] = {}
     errors: list[Exception] = []
     for role in (Role.T2, Role.FLAIR):
-        feature, explanation, error = _choose(role, feats, rules)
+        feature, explanation, error = _choose(role, feats, rules, context)
         explanations[role] = explanation
         chosen[role] = feature
         _log_decision(role, explanation, feature)

@@ -12,6 +12,7 @@ that importing this module does not import the SDK.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from operators.datatypes import ClinicalData, Prediction, Preprocessed, SelectedSeries
+from operators.datatypes import ClinicalData, Prediction, Preprocessed, QualityFlag, SelectedSeries
 from operators.errors import PipelineError
 from operators.flair3_series import build_flair3_series, save_series
 from operators.header_values import identifying_copy, log_header_problems
@@ -89,6 +90,9 @@ def write_study_outputs(
     sources = [ds for series in selected_series for ds in series.datasets[:1]]
     if sources:
         log_header_problems(sources[0])
+    notes = _selection_notes(selected_series)
+    if notes and preprocessed is not None:
+        preprocessed = dataclasses.replace(preprocessed, flags=[*notes, *preprocessed.flags])
     if config.sr:
         try:
             sr = build_result_sr(prediction, selected_series, preprocessed, app=app,
@@ -185,13 +189,19 @@ def write_not_analysable_outputs(
     return written
 
 
+def _selection_notes(selected_series: Sequence[SelectedSeries]) -> list[QualityFlag]:
+    """Quality notes of series selection (e.g. a tie broken by the tie rule), for the report."""
+    return [flag for series in selected_series for flag in series.explanation.flags]
+
+
 def _save_not_analysable_sr(output_folder: Path, error: PipelineError, source_datasets: Sequence[Dataset],
                             selected_series: Sequence[SelectedSeries], prediction: Prediction | None,
                             config: OutputConfig, app: AppIdentity,
                             intended_use_statements: Sequence[str] = ()) -> Path:
     """Write the not-analysable SR; when it cannot be built from the study's headers, a minimal one."""
+    notes = [*_selection_notes(selected_series), *(getattr(error, "flags", None) or [])]
     try:
-        sr = build_not_analysable_sr(error, source_datasets, selected_series=selected_series,
+        sr = build_not_analysable_sr(error, source_datasets, selected_series=selected_series, quality_flags=notes,
                                      prediction=prediction, app=app, series_number=config.sr_series_number,
                                      intended_use_statements=intended_use_statements)
     except Exception as failure:  # noqa: BLE001 - fall back to the identifiers only, below

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -54,6 +54,8 @@ class SeriesSpec:
     orientations: Sequence[Sequence[float]] | None = None  # per-slice IOP (localizer)
     echo_times: Sequence[float] | None = None  # per-slice TE (mixed echoes)
     series_uid: str = field(default_factory=lambda: generate_uid(prefix=ROOT))
+    value_offset: int = 0  # added to every stored value (series with distinct pixel data)
+    header: Mapping[str, object] = field(default_factory=dict)  # attributes set last (keyword: value)
 
 
 def slice_positions(spec: SeriesSpec) -> list[np.ndarray]:
@@ -123,7 +125,9 @@ def write_series(out_dir: Path, spec: SeriesSpec, *, study_uid: str, frame_uid: 
         ds.PixelRepresentation = 0
         ds.RescaleSlope = spec.slope
         ds.RescaleIntercept = spec.intercept
-        ds.PixelData = values[k].tobytes()
+        ds.PixelData = (values[k] + spec.value_offset).astype(np.uint16).tobytes()
+        for keyword, value in spec.header.items():
+            setattr(ds, keyword, value)
         path = out_dir / f"{spec.series_number:03d}_{ds.InstanceNumber:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

@@ -10,7 +10,8 @@ import pytest
 from operators.datatypes import Role
 from operators.dicom_loading import load_study
 from operators.errors import AmbiguousSeriesError, NoSuitableSeriesError, SeriesRulesError
-from operators.series_selection import load_rules, name_signal, select_series, series_features
+from operators.series_selection import (decoy_words, load_rules, name_signal, score_candidate, select_series,
+                                       series_features)
 from tests.unit.mr_factory import dwi_spec, flair_spec, localizer_spec, t1_spec, t2_spec, write_study
 
 
@@ -79,16 +80,18 @@ def test_no_flair_gives_a_typed_error_listing_the_series(tmp_path: Path) -> None
     assert selection.explanations[Role.FLAIR].rule == "no eligible series"
 
 
-def test_two_equally_good_candidates_are_ambiguous(tmp_path: Path) -> None:
-    write_study(tmp_path, [t2_spec(series_number=2), t2_spec(series_number=7), flair_spec()])
+def test_equal_candidates_are_ambiguous_only_when_the_tie_rule_cannot_tell(tmp_path: Path) -> None:
+    # same series number, no series or acquisition time, different pixel data: nothing tells them apart
+    write_study(tmp_path, [t2_spec(series_number=2),
+                           t2_spec(series_number=8, value_offset=1, header={"SeriesNumber": 2}), flair_spec()])
     study = load_study(tmp_path)
     with pytest.raises(AmbiguousSeriesError) as info:
         select_series(study)
-    assert info.value.role == "T2"
-    assert uid_of(study, 2) in info.value.reason and uid_of(study, 7) in info.value.reason
+    assert info.value.role == "T2" and "tie rule" in info.value.reason
+    assert all(uid in info.value.reason for uid in study.series if study.series[uid].series_description == "t2_tse_tra")
     # a site rule forcing one by description resolves it
     write_study(tmp_path / "b", [t2_spec(series_number=2, description="T2 tse"),
-                                 t2_spec(series_number=7, description="T2 tse repeat"), flair_spec()])
+                                 t2_spec(series_number=7, description="T2 tse repeat", value_offset=1), flair_spec()])
     study = load_study(tmp_path / "b")
     rules = load_rules(overrides={"force": {"t2": r"repeat$"}})
     selection = select_series(study, rules)
@@ -96,13 +99,45 @@ def test_two_equally_good_candidates_are_ambiguous(tmp_path: Path) -> None:
     assert selection.explanations[Role.T2].rule.startswith("forced by site rule")
 
 
+@pytest.mark.parametrize("times, expected", [
+    ({2: "101500", 7: "093000"}, 7),  # earliest SeriesTime wins over the lower number
+    ({2: None, 7: None}, 2),  # no times: lowest SeriesNumber
+])
+def test_equal_candidates_take_the_original_by_the_tie_rule(tmp_path: Path, times: dict, expected: int) -> None:
+    header = {n: ({"SeriesDate": "20240105", "SeriesTime": t} if t else {}) for n, t in times.items()}
+    write_study(tmp_path, [t2_spec(series_number=2, header=header[2]),
+                           t2_spec(series_number=7, value_offset=1, header=header[7]), flair_spec()])
+    study = load_study(tmp_path)
+    selection = select_series(study)
+    assert selection.t2.series_instance_uid == uid_of(study, expected)
+    explanation = selection.t2.explanation
+    other = 2 if expected == 7 else 7
+    assert f"tied with series {other}: taken as the original acquisition by the tie rule" in explanation.rule
+    assert "earliest SeriesDate/SeriesTime" in explanation.rule
+    (flag,) = explanation.flags
+    assert flag.code == "SERIES_TIE_BROKEN" and flag.severity == "warning"
+
+
+def test_a_copy_with_the_same_pixel_data_is_not_chosen(tmp_path: Path) -> None:
+    """A re-sent copy (same pixel data, later series) loses to the acquisition, with an info note."""
+    write_study(tmp_path, [t2_spec(series_number=2),
+                           flair_spec(series_number=3, header={"SeriesTime": "101500", "SeriesDate": "20240105"}),
+                           flair_spec(series_number=4, header={"SeriesTime": "235900", "SeriesDate": "20240105"})])
+    study = load_study(tmp_path)
+    selection = select_series(study)
+    assert selection.flair.series_instance_uid == uid_of(study, 3)
+    candidates = {c.series_number: c for c in selection.flair.explanation.candidates}
+    assert any("same pixel data as series 3" in r for r in candidates[4].reasons)
+    assert [f.code for f in selection.flair.explanation.flags] == ["SERIES_COPY_IGNORED"]
+
+
 def test_preferences_axial_more_slices_and_names(tmp_path: Path) -> None:
     write_study(tmp_path, [
         t2_spec(series_number=2, description="t2_tse_cor", iop=(1, 0, 0, 0, 0, -1)),
-        t2_spec(series_number=3, description="t2_tse_tra"),
+        t2_spec(series_number=3, description="t2_tse_tra", value_offset=1),
         t2_spec(series_number=4, description="t2_tse_tra thin", n_slices=20, slice_step=3.0),
         flair_spec(series_number=5, description="", n_slices=10),
-        flair_spec(series_number=6, description="FLAIR tra", n_slices=10),
+        flair_spec(series_number=6, description="FLAIR tra", n_slices=10, value_offset=1),
     ])
     study = load_study(tmp_path)
     selection = select_series(study)
@@ -174,6 +209,31 @@ def test_name_patterns(tmp_path: Path, description: str, expected: str | None) -
     assert name_signal(series_features(info), load_rules()) == expected
 
 
+@pytest.mark.parametrize("description, decoys", [
+    ("FLAIR_ROI", ["ROI"]), ("sT2W/FLAIR copy", ["copy"]), ("Key Images FLAIR", ["Key Im"]),
+    ("Screen Save T2", ["Screen Save"]), ("T2 FLAIR MPR cor", ["MPR"]), ("FLAIR subtraction", ["subtract"]),
+    ("t2_tirm_tra_dark-fluid", []), ("sT2W/FLAIR", []), ("AX T2 FLAIR", []), ("t2_tse_tra", []),
+    ("AX T2 FSE", []), ("T2W_TSE", []), ("Potenciada en T2", []), ("T2 tra (Schädel)", []),
+])
+def test_decoy_words_count_beside_role_words(tmp_path: Path, description: str, decoys: list[str]) -> None:
+    write_study(tmp_path, [flair_spec(description=description, n_slices=2)])
+    (info,) = load_study(tmp_path).series.values()
+    features = series_features(info)
+    assert decoy_words(features, load_rules()) == decoys
+    reasons = score_candidate(features, Role.FLAIR, load_rules()).reasons
+    assert any(r.startswith("-20 name") for r in reasons) == bool(decoys)
+
+
+def test_a_roi_copy_no_longer_ties_with_the_flair(tmp_path: Path) -> None:
+    """Same physics and pixel size, distinct pixel data: the decoy word 'ROI' alone separates them."""
+    write_study(tmp_path, [t2_spec(series_number=2), flair_spec(series_number=3, description="sT2W/FLAIR"),
+                           flair_spec(series_number=4, description="FLAIR_ROI", value_offset=7)])
+    study = load_study(tmp_path)
+    selection = select_series(study)
+    assert selection.flair.series_instance_uid == uid_of(study, 3)
+    assert "20 ahead of series 4" in selection.flair.explanation.rule
+
+
 def _variety() -> Path | None:
     base = os.environ.get("TSC_SHARED_DIR")
     root = Path(base) if base else Path(__file__).resolve().parents[2] / ".." / "shared"
@@ -214,3 +274,75 @@ def test_dual_echo_pd_t2_series_gives_its_t2_echo(tmp_path: Path) -> None:
     assert len(selection.t2.datasets) == 12
     assert {float(ds.EchoTime) for ds in selection.t2.datasets} == {96.0}
     assert convert_selected(selection.t2).image.GetSize() == (10, 12, 12)
+
+
+def _flair_with_a_workstation_copy(tmp_path: Path, copy_header: dict) -> Path:
+    """A real Siemens XA30 series (dcm_qa_xa30i, 96 classic instances) and a copy of it with the same pixel data.
+
+    The public set holds no FLAIR, so both get the acquisition attributes of the issue's
+    FLAIR (TR 9000, TE 120, TI 2500, SE/IR, named 'sT2W/FLAIR'); everything else, pixel data
+    included, is as the scanner wrote it. The copy gets new UIDs and ``copy_header``.
+    """
+    import gzip
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    source = _variety() / "dcm_qa_xa30i" / "In" / "6001_anat-T1w_acq-tfl"
+    series_uid = generate_uid(prefix=copy_header.pop("uid_prefix", None))
+    prefix = series_uid.rsplit(".", 1)[0] + "."
+    for path in sorted(source.glob("*.dcm.gz")):
+        with gzip.open(path, "rb") as fh:
+            ds = pydicom.dcmread(fh)
+        ds.SeriesDescription = ds.ProtocolName = "sT2W/FLAIR"
+        ds.SequenceName = "*tir2d1_16"
+        ds.RepetitionTime, ds.EchoTime, ds.InversionTime = 9000.0, 120.0, 2500.0
+        ds.ScanningSequence = ["SE", "IR"]
+        (tmp_path / "orig").mkdir(exist_ok=True)
+        ds.save_as(tmp_path / "orig" / path.name[:-3])
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix=prefix)
+        for keyword, value in copy_header.items():
+            setattr(ds, keyword, value)
+        (tmp_path / "copy").mkdir(exist_ok=True)
+        ds.save_as(tmp_path / "copy" / path.name[:-3])
+    return tmp_path
+
+
+@pytest.mark.skipif(_variety() is None, reason="shared dicom-variety data not found (set TSC_SHARED_DIR)")
+def test_a_workstation_copy_of_a_real_series_is_seen_through() -> None:
+    """The issue's case: an OsiriX 'FLAIR_ROI' copy, another UID root, same pixel data and physics."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _flair_with_a_workstation_copy(Path(tmp), {
+            "uid_prefix": "1.3.6.1.4.1.19291.2.1.", "SeriesDescription": "FLAIR_ROI", "SeriesNumber": 5339,
+            "ManufacturerModelName": "OsiriX", "SoftwareVersions": "OsiriX 14.0.1", "SeriesDate": "20230120",
+            "SeriesTime": "101010"})
+        study = load_study(root)
+        selection = select_series(study, require=(Role.FLAIR,))
+    original = uid_of(study, 6001)
+    assert selection.flair.series_instance_uid == original
+    candidates = {c.series_number: c for c in selection.flair.explanation.candidates}
+    assert candidates[6001].eligible and candidates[5339].eligible  # same physics, ImageType ORIGINAL
+    reasons = " | ".join(candidates[5339].reasons)
+    for sign in ("suggests another kind of series (ROI)", "written by a workstation", "UID root 1.3.6.1.4.1.19291",
+                 "same pixel data as series 6001"):
+        assert sign in reasons
+    assert candidates[6001].score - candidates[5339].score == pytest.approx(20 + 30 + 15 + 30)
+    assert [f.code for f in selection.flair.explanation.flags] == ["SERIES_COPY_IGNORED"]
+
+
+@pytest.mark.skipif(_variety() is None, reason="shared dicom-variety data not found (set TSC_SHARED_DIR)")
+def test_a_copy_without_provenance_signs_loses_to_the_earlier_acquisition() -> None:
+    """A bare re-send (same UID root, equipment and name; only later and re-numbered): pixel identity decides."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _flair_with_a_workstation_copy(Path(tmp), {
+            "uid_prefix": "1.3.12.2.1107.5.2.43.67093.", "SeriesNumber": 6002, "SeriesTime": "200000"})
+        study = load_study(root)
+        selection = select_series(study, require=(Role.FLAIR,))
+    assert selection.flair.series_instance_uid == uid_of(study, 6001)
+    assert "same pixel data as series 6001" in " ".join(
+        next(c for c in selection.flair.explanation.candidates if c.series_number == 6002).reasons)
