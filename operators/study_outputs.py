@@ -100,7 +100,7 @@ def write_study_outputs(
                                  intended_use=intended_use)
             written.sr = save_sr(sr, output_folder)
         except Exception as error:  # the study must still get a report: say why in a not-analysable SR
-            written.failures["sr"] = f"the result SR could not be built ({type(error).__name__})"
+            written.failures["sr"] = f"the result SR could not be built ({_failure_text(error)})"
             logger.error("%s; writing a not-analysable SR instead", written.failures["sr"])
             logger.debug("result SR failure", exc_info=True)
             failure = PipelineError(written.failures["sr"], stage="outputs")
@@ -128,8 +128,8 @@ def write_study_outputs(
                     manufacturer=app.manufacturer, software_version=app.resolved_version())
                 written.flair3_series = save_series(instances, output_folder)
             except Exception as error:  # optional output: keep the SR going
-                written.failures["flair3_series"] = type(error).__name__
-                logger.error("FLAIR3 series not written (%s)", type(error).__name__)
+                written.failures["flair3_series"] = _failure_text(error)
+                logger.error("FLAIR3 series not written: %s", written.failures["flair3_series"])
                 logger.debug("FLAIR3 series not written", exc_info=True)
     if config.pdf:
         try:
@@ -143,8 +143,8 @@ def write_study_outputs(
                 manufacturer=app.manufacturer, software_version=app.resolved_version())
             written.pdf = save_pdf_instance(instance, output_folder)
         except Exception as error:  # optional output: keep the SR going
-            written.failures["pdf"] = type(error).__name__
-            logger.error("PDF report not written (%s)", type(error).__name__)
+            written.failures["pdf"] = _failure_text(error)
+            logger.error("PDF report not written: %s", written.failures["pdf"])
             logger.debug("PDF report not written", exc_info=True)
     logger.info("Study outputs written: %d file(s)%s", len(written.paths()),
                 f", failed: {sorted(written.failures)}" if written.failures else "")
@@ -187,6 +187,15 @@ def write_not_analysable_outputs(
             output_folder, error, source_datasets, selected_series, prediction, config, app,
             intended_use_statements=intended_use_statements)
     return written
+
+
+def _failure_text(error: Exception) -> str:
+    """What failed, for logs and reports.
+
+    The reason of the app's own errors (free of patient data by contract), else only the
+    exception type: library messages may quote header values.
+    """
+    return error.reason if isinstance(error, PipelineError) else type(error).__name__
 
 
 def _selection_notes(selected_series: Sequence[SelectedSeries]) -> list[QualityFlag]:
