@@ -125,9 +125,10 @@ DEFAULT_RULES: dict[str, Any] = {
         # matched against "Manufacturer | ManufacturerModelName | SoftwareVersions": a workstation
         # or PACS viewer wrote the series (a copy, ROI or screen save of an acquisition)
         "workstation": [
-            r"osirix", r"horos", r"syngo[\s._-]*via", r"intelli[\s_-]*space", r"vitrea", r"advantage[\s_-]*(workstation|windows)",
-            r"(?<![a-z0-9])aw[\s_-]*server", r"carestream", r"vue[\s_-]*pacs", r"visage", r"synapse", r"centricity",
-            r"impax", r"enterprise[\s_-]*imaging", r"(3d[\s_-]*)?slicer", r"radiant", r"weasis", r"mimics",
+            r"osirix", r"horos", r"syngo[\s._-]*via", r"intelli[\s_-]*space", r"vitrea",
+            r"advantage[\s_-]*(workstation|windows)", r"(?<![a-z0-9])aw[\s_-]*server", r"carestream",
+            r"vue[\s_-]*pacs", r"visage", r"synapse", r"centricity", r"impax", r"enterprise[\s_-]*imaging",
+            r"(?<![a-z0-9])slicer", r"radiant", r"weasis", r"mimics",
             r"olea[\s_-]*sphere", r"ziostation", r"terarecon", r"aquarius", r"clearcanvas", r"mint[\s_-]*lesion",
             r"(?<![a-z0-9])pacs(?![a-z0-9])",
         ],

@@ -11,7 +11,7 @@ from operators.datatypes import Role
 from operators.dicom_loading import load_study
 from operators.errors import AmbiguousSeriesError, NoSuitableSeriesError, SeriesRulesError
 from operators.series_selection import (decoy_words, load_rules, name_signal, score_candidate, select_series,
-                                       series_features)
+                                       series_features, uid_root)
 from tests.unit.mr_factory import dwi_spec, flair_spec, localizer_spec, t1_spec, t2_spec, write_study
 
 
@@ -346,3 +346,35 @@ def test_a_copy_without_provenance_signs_loses_to_the_earlier_acquisition() -> N
     assert selection.flair.series_instance_uid == uid_of(study, 6001)
     assert "same pixel data as series 6001" in " ".join(
         next(c for c in selection.flair.explanation.candidates if c.series_number == 6002).reasons)
+
+
+@pytest.mark.parametrize("manufacturer, model, software, workstation", [
+    ("Siemens Healthineers", "MAGNETOM Prisma Fit", "syngo MR XA30", False),
+    ("Philips Medical Systems", "Ingenia", "5.4.1\\5.4.1.0", False),
+    ("GE MEDICAL SYSTEMS", "SIGNA Premier", "28\\LX\\MR Software release:RX28.0_R04", False),
+    ("Canon_Medical_Systems", "Vantage Orian", "V6.0", False),
+    ("UIH", "uMR 780", "R004", False),
+    ("Philips Medical Systems", "OsiriX", "OsiriX 14.0.1", True),
+    ("Siemens Healthineers", "syngo.via", "VB60A", True),
+    ("Philips", "IntelliSpace Portal", "12.1", True),
+    ("Vital Images", "Vitrea", "7.14", True),
+    ("Pixmeo", "Horos", "4.0", True),
+])
+def test_workstation_equipment_is_a_sign_of_a_copy(tmp_path: Path, manufacturer: str, model: str, software: str,
+                                                   workstation: bool) -> None:
+    write_study(tmp_path, [flair_spec(header={"Manufacturer": manufacturer, "ManufacturerModelName": model,
+                                              "SoftwareVersions": software.split("\\")})])
+    (info,) = load_study(tmp_path).series.values()
+    reasons = score_candidate(series_features(info), Role.FLAIR, load_rules()).reasons
+    assert any("written by a workstation" in r for r in reasons) == workstation
+
+
+@pytest.mark.parametrize("uid, root", [
+    ("1.3.12.2.1107.5.2.43.67093.30000023011319484937100000491", "1.3.12.2"),  # Siemens
+    ("1.3.46.670589.11.42151.5.0.7404.2023011309", "1.3.46.670589"),  # Philips
+    ("1.2.840.113619.2.408.5282380.1234", "1.2.840.113619"),  # GE
+    ("1.3.6.1.4.1.19291.2.1.3.2145.1234", "1.3.6.1.4.1.19291"),  # OsiriX
+    ("2.25.123456789012345678901234567890", "2.25"),
+])
+def test_uid_roots(uid: str, root: str) -> None:
+    assert uid_root(uid) == root
