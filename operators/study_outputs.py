@@ -115,8 +115,8 @@ def write_study_outputs(
                 manufacturer=app.manufacturer, software_version=app.resolved_version())
             written.result_page = save_result_page(instance, output_folder)
         except Exception as error:  # optional output: keep the SR going
-            written.failures["result_page"] = type(error).__name__
-            logger.error("Result page not written (%s)", type(error).__name__)
+            written.failures["result_page"] = _failure_text(error)
+            logger.error("Result page not written: %s", written.failures["result_page"])
             logger.debug("Result page not written", exc_info=True)
     if config.flair3_series:
         if preprocessed is None:

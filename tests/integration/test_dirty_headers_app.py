@@ -94,9 +94,9 @@ def test_analysed_study_with_dirty_headers_gets_every_object(tmp_path: Path, con
         modalities.setdefault(ds.Modality, []).append(path)
         assert ds.PatientSex == "" and ds.PatientBirthDate == "" and ds.StudyTime == ""
         assert ds.get("StudyDescription") in (None, "")
-    assert set(modalities) == {"SR", "DOC", "MR"} and len(modalities["SR"]) == 1
+    assert set(modalities) == {"SR", "DOC", "MR", "OT"} and len(modalities["SR"]) == 1
     assert pydicom.dcmread(modalities["SR"][0]).PatientAge == "006Y"
-    for path in modalities["SR"] + modalities["DOC"]:
+    for path in modalities["SR"] + modalities["DOC"] + modalities["OT"]:
         assert dciodvfy_errors(path) == [], path.name
     # the FLAIR3 series: nothing wrong in what was copied from the patient and study
     patient_study = ("Module=<Patient>", "Module=<GeneralStudy>", "Module=<PatientStudy>", *DIRTY)

@@ -95,11 +95,13 @@ def test_every_object_is_written_with_the_dirty_value_left_empty(keyword: str, t
                                   config=OutputConfig(flair3_series=True, pdf=True))
     assert written.failures == {}
     assert written.sr is not None and written.pdf is not None and len(written.flair3_series) == 2
-    for path in [written.sr, written.pdf, written.flair3_series[0]]:
+    assert written.result_page is not None
+    for path in [written.sr, written.pdf, written.result_page, written.flair3_series[0]]:
         ds = pydicom.dcmread(path)
         assert ds.get(keyword) in (None, ""), f"{keyword} copied into {path.name}"
         assert ds.PatientID == "TSC-TEST-001" and ds.StudyInstanceUID == t2.datasets[0].StudyInstanceUID
-    assert _dciodvfy_errors(written.sr) == [] and _dciodvfy_errors(written.pdf) == []
+    for path in (written.sr, written.pdf, written.result_page):
+        assert _dciodvfy_errors(path) == [], path.name
     log = caplog.text
     assert f"{keyword} ({DIRTY[keyword][2]}" in log and "left empty" in log
     assert DIRTY[keyword][1].decode() not in log
@@ -125,6 +127,7 @@ def test_a_result_sr_that_cannot_be_built_becomes_a_not_analysable_sr(tmp_path: 
     preprocessed.brain_volume_ml = math.nan
     written = write_study_outputs(tmp_path, make_prediction(), [t2, flair], preprocessed)
     assert written.sr is None and written.not_analysable_sr is not None and written.pdf is not None
+    assert written.result_page is not None
     assert written.failures["sr"] == "the result SR could not be built (ValueError)"
     sr = pydicom.dcmread(written.not_analysable_sr)
     texts = [item.get("TextValue") for container in sr.ContentSequence for item in
@@ -133,12 +136,16 @@ def test_a_result_sr_that_cannot_be_built_becomes_a_not_analysable_sr(tmp_path: 
     assert "Traceback" not in caplog.text
 
 
-def test_a_not_analysable_sr_that_cannot_be_built_becomes_a_minimal_one(tmp_path: Path) -> None:
-    """A FLAIR instance with a two-value ImagePositionPatient breaks the image library: identifiers only."""
+def test_a_not_analysable_sr_that_cannot_be_built_becomes_a_minimal_one(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """One source instance without a SOP Instance UID breaks the evidence list: identifiers only."""
     t2, flair = make_selected(StudyHeader(), slices=2)
-    _set_raw(flair.datasets[0], "ImagePositionPatient", "DS", b"1\\2")
+    broken = flair.datasets[0]
+    del broken.SOPInstanceUID
+    caplog.set_level(logging.ERROR)
     written = write_not_analysable_outputs(tmp_path, VolumeConversionError("bad slice position"),
-                                           t2.datasets, selected_series=[t2, flair])
+                                           [t2.datasets[0], broken])
+    assert "writing a minimal one" in caplog.text and "Traceback" not in caplog.text
     sr = pydicom.dcmread(written.not_analysable_sr)
     assert sr.StudyInstanceUID == t2.datasets[0].StudyInstanceUID and sr.PatientID == "TSC-TEST-001"
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
