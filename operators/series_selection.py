@@ -1042,14 +1042,15 @@ def select_series(
 
 
 def _log_decision(role: Role, explanation: SelectionExplanation, feature: SeriesFeatures | None) -> None:
+    # Series descriptions are free text (they can hold a name): logs give numbers and UIDs only.
     if feature is not None:
-        logger.info("%s: chose series %s '%s' (uid %s): %s", role.value, feature.series_number,
-                    feature.description, feature.series_instance_uid, explanation.rule)
+        logger.info("%s: chose series %s (uid %s)", role.value, feature.series_number,
+                    feature.series_instance_uid)
     else:
-        logger.warning("%s: no series chosen (%s)", role.value, explanation.rule)
+        logger.warning("%s: no series chosen", role.value)
     for c in explanation.candidates:
-        logger.info("  %s candidate series %s '%s' (%s): %s", role.value, c.series_number, c.series_description,
-                    f"score {c.score:g}" if c.eligible else "not eligible", "; ".join(c.reasons))
+        logger.debug("  %s candidate series %s: %s", role.value, c.series_number,
+                     f"score {c.score:g}" if c.eligible else "not eligible")
 
 
 def _build_operator() -> type:

@@ -88,8 +88,7 @@ def send_files(files: list[Path], dest: Destination, calling_ae: str, *,
     tls_args = (ssl_context, dest.host) if ssl_context is not None else None
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if not assoc.is_established:
-        raise DeliveryError(f"association with {dest.ae_title}@{dest.host}:{dest.port} "
-                            f"{'rejected' if assoc.is_rejected else 'failed'}", [])
+        raise DeliveryError(f"{dest.ae_title}@{dest.host}:{dest.port}: {_association_failure(assoc)}", [])
     acked: list[str] = []
     try:
         for path, _, sop_uid, _ in todo:
@@ -104,6 +103,16 @@ def send_files(files: list[Path], dest: Destination, calling_ae: str, *,
         if assoc.is_established:
             assoc.release()
     return acked
+
+
+def _association_failure(assoc: Any) -> str:
+    """Why an association was not established, in the words an operator acts on."""
+    if assoc.is_rejected:
+        return ("association rejected by the destination (A-ASSOCIATE-RJ): check its AE title and that "
+                "it knows this node's AE title and host")
+    if assoc.rejected_contexts:  # accepted the association but none of what we offered
+        return "the destination accepted none of the offered SOP classes or transfer syntaxes"
+    return "no association: connection refused, unreachable or timed out (is the destination up?)"
 
 
 class Outbox:
