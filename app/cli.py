@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from operators.errors import ModelConfigurationError, PipelineError
+from operators.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def run_study(input_dir: Path, output_dir: Path, models_dir: Path, config_path: 
     try:
         application.run()
     except PipelineError as exc:
-        error, code = exc, (EXIT_ERROR if isinstance(exc, (ModelConfigurationError, ConfigurationError))
+        error, code = exc, (EXIT_ERROR if isinstance(exc, ConfigurationError)
                             else EXIT_NOT_ANALYSABLE)
     except Exception as exc:  # noqa: BLE001 - the radiologist still gets an SR saying the analysis failed
         logger.exception("internal error")

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from operators.errors import PipelineError
+from operators.errors import ConfigurationError
 from operators.intended_use import SiteIntendedUse
 from operators.output_config import OutputConfig, output_config_from_dict
 
@@ -39,10 +39,6 @@ HDBET_MODE_CHOICES = ("auto", "fast", "accurate")
 HDBET_INPUT_CHOICES = ("flair", "t2", "mean")
 
 
-class ConfigurationError(PipelineError):
-    """The application configuration is invalid."""
-
-    stage = "configuration"
 
 
 @dataclass(frozen=True)

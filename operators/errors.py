@@ -59,7 +59,17 @@ class QualityCheckError(PreprocessingError):
     stage = "quality_check"
 
 
-class ModelConfigurationError(PipelineError):
+class ConfigurationError(PipelineError):
+    """A site's configuration is invalid: a settings file, a rules file, a model set.
+
+    The one error type that means "fix the installation" (exit status 1), as
+    opposed to a study that cannot be analysed (exit status 2).
+    """
+
+    stage = "configuration"
+
+
+class ModelConfigurationError(ConfigurationError):
     """The model manifest or weight files are invalid (raised at start-up)."""
 
     stage = "models"
@@ -100,8 +110,10 @@ class AmbiguousSeriesError(SeriesSelectionError):
         self.candidates = candidates
 
 
-class SeriesRulesError(SeriesSelectionError):
+class SeriesRulesError(ConfigurationError):
     """A site's series-selection rules file is invalid."""
+
+    stage = "series_selection"
 
 
 class QualityCheckFailed(QualityCheckError):

@@ -27,6 +27,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from operators.errors import ConfigurationError
+
 ENV_PREFIX = "TSC_NODE_"
 # The configuration file's path (read by the command line), not a setting.
 CONFIG_ENV = "TSC_NODE_CONFIG"
@@ -37,8 +39,13 @@ WORKER_PATH_OPTIONS = ("models", "config", "hdbet_weights", "series_rules", "cli
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError, ValueError):
     """The node configuration is invalid; the message names the setting."""
+
+    stage = "node configuration"
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 @dataclass

@@ -136,6 +136,16 @@ def test_bad_model_set_fails_at_start_up(study, model_set: Path, tmp_path: Path)
     assert read_result_sr(pydicom.dcmread(sr_path)).failed_stage == "models"
 
 
+def test_series_rules_typo_is_a_configuration_error(study, model_set: Path, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nnames:\n  flare: ['FLAIR']\n")  # 'flare' is a typo
+    config = tmp_path / "app.yaml"
+    config.write_text(f"brain_extraction: fallback\nseries_rules: {rules}\n")
+    result = run_app("-i", study.input_dir, "-o", tmp_path / "out", "-m", model_set, "-c", config)
+    assert result.returncode == 1, result.stderr  # the site's file, not the study, is wrong
+    assert "names.flare" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.skipif(not VARIETY.is_dir(), reason="shared dicom-variety data not found")
 @pytest.mark.parametrize("folder", sorted(p.name for p in VARIETY.iterdir() if p.is_dir()) if VARIETY.is_dir() else [])
 def test_dicom_variety_folders_end_with_reason_and_sr(folder: str, model_set: Path, tmp_path: Path) -> None:
