@@ -21,6 +21,7 @@ from app.config import AppConfig
 from app.pipeline import StudyResult, checked_site_intended_use, find_model_set, make_brain_extractor
 from app.result_sink import ResultSinkOperator
 from operators.clinical_data import ClinicalDataOperator
+from operators.datatypes import SelectedSeries
 from operators.dicom_loading import DicomStudyLoaderOperator, LoadedFolder
 from operators.brain_extraction import BrainExtractionOperator
 from operators.inference import EnsembleInferenceOperator, RunnerOptions
@@ -41,8 +42,9 @@ class TscOutcomeApp(Application):
         models_dir: Model-set folder (or the MAP models folder holding one).
         config: Application configuration.
 
-    After ``run()``, ``result`` holds the :class:`~app.pipeline.StudyResult` and ``scanned``
-    what the loader found in the input folder (read once, also for a failure report).
+    After ``run()``, ``result`` holds the :class:`~app.pipeline.StudyResult`, ``scanned``
+    what the loader found in the input folder (read once, also for a failure report) and
+    ``selected`` the series chosen before any later failure.
     """
 
     def __init__(self, *args, input_dir: Path, output_dir: Path, models_dir: Path,
@@ -53,6 +55,7 @@ class TscOutcomeApp(Application):
         self.config = config or AppConfig()
         self.result: StudyResult | None = None
         self.scanned: LoadedFolder | None = None
+        self.selected: list[SelectedSeries] = []
         super().__init__(*args, **kwargs)
 
     def _keep_result(self, result: StudyResult) -> None:
@@ -61,11 +64,15 @@ class TscOutcomeApp(Application):
     def _keep_scanned(self, folder: LoadedFolder) -> None:
         self.scanned = folder
 
+    def _keep_selected(self, series: list[SelectedSeries]) -> None:
+        self.selected = series
+
     def compose(self) -> None:
         model_set_dir = find_model_set(self.models_dir)
         loader = DicomStudyLoaderOperator(self, CountCondition(self, 1), input_folder=self.input_dir,
                                           on_scanned=self._keep_scanned, name="dicom_loader")
-        selector = SeriesSelectorOperator(self, rules_path=self.config.series_rules, name="series_selector")
+        selector = SeriesSelectorOperator(self, rules_path=self.config.series_rules,
+                                          on_selected=self._keep_selected, name="series_selector")
         t2_volume = VolumeConverterOperator(self, name="t2_volume")
         flair_volume = VolumeConverterOperator(self, name="flair_volume")
         clinical = ClinicalDataOperator(self, lookup_table=self.config.clinical_lookup, name="clinical_data")

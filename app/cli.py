@@ -97,7 +97,8 @@ def run_study(input_dir: Path, output_dir: Path, models_dir: Path, config_path: 
             print(f"not-analysable SR: {outputs.not_analysable_sr}")
         return EXIT_NOT_ANALYSABLE
     # The radiologist is not left waiting: whatever failed, the study gets a short SR saying so.
-    written = write_not_analysable(input_dir, output_dir, error, config, folder=application.scanned)
+    written = write_not_analysable(input_dir, output_dir, error, config, folder=application.scanned,
+                                   selected_series=application.selected)
     print(f"NOT ANALYSABLE {error}", file=sys.stderr)
     for path in written:
         print(f"not-analysable SR: {path}")

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from app.config import AppConfig, ConfigurationError, app_config_from_dict, load_app_config
 from operators.brain_extraction import BrainExtractor, extract_brain
@@ -241,7 +241,8 @@ def _readable_studies(input_dir: Path, folder: LoadedFolder | None) -> list[Load
 
 
 def write_not_analysable(input_dir: Path, output_dir: Path, error: PipelineError,
-                         config: AppConfig, folder: LoadedFolder | None = None) -> list[Path]:
+                         config: AppConfig, folder: LoadedFolder | None = None,
+                         selected_series: Sequence[SelectedSeries] = ()) -> list[Path]:
     """Write a "not analysable" SR into every readable study of the input; the paths written.
 
     An input normally holds one study; when it holds several (which is itself a
@@ -254,13 +255,17 @@ def write_not_analysable(input_dir: Path, output_dir: Path, error: PipelineError
         config: Application configuration.
         folder: What the loader already found in ``input_dir``; the folder is scanned
             only when it was not (the failure came before the loader ran).
+        selected_series: The series chosen before the failure; the SR of their study names them.
     """
     written: list[Path] = []
     studies = _readable_studies(input_dir, folder)
     failed = 0
     for study in studies:
         try:
+            chosen = [s for s in selected_series
+                      if s.datasets and str(s.datasets[0].StudyInstanceUID) == study.study_instance_uid]
             out = write_not_analysable_outputs(output_dir, error, _study_instances(study), config=config.outputs,
+                                               selected_series=chosen,
                                                intended_use_statements=[config.intended_use.statement()])
         except Exception as exc:  # noqa: BLE001 - report the original failure, not this one
             failed += 1

@@ -51,7 +51,7 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from pydicom import Dataset
@@ -1069,16 +1069,20 @@ def _build_operator() -> type:
         """
 
         def __init__(self, fragment: Fragment, *args: Any, rules_path: Path | str | None = None,
-                     require: Iterable[str] = ("T2", "FLAIR"), **kwargs: Any) -> None:
+                     require: Iterable[str] = ("T2", "FLAIR"),
+                     on_selected: Callable[[list[SelectedSeries]], None] | None = None, **kwargs: Any) -> None:
             """Create the operator.
 
             Args:
                 fragment: The application (a Fragment) the operator belongs to.
                 rules_path: Optional site rules YAML file.
                 require: Roles that must be found (``"T2"``, ``"FLAIR"``).
+                on_selected: Called with the series chosen, so that a later failure's
+                    report can still name them.
             """
             self.rules = load_rules(rules_path)
             self.require = tuple(Role(r) for r in require)
+            self.on_selected = on_selected
             super().__init__(fragment, *args, **kwargs)
 
         def setup(self, spec: OperatorSpec) -> None:
@@ -1089,6 +1093,8 @@ def _build_operator() -> type:
 
         def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
             selection = select_series(op_input.receive("study"), self.rules, require=self.require)
+            if self.on_selected is not None:
+                self.on_selected([s for s in (selection.t2, selection.flair) if s is not None])
             op_output.emit(selection.t2, "t2_series")
             op_output.emit(selection.flair, "flair_series")
             op_output.emit(selection, "selection")
