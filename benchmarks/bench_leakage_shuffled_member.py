@@ -68,6 +68,7 @@ def main() -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    a.cases, a.out = a.cases.resolve(), a.out.resolve()  # the trainers run in other folders
     shuffled = a.out / "cases-shuffled-clinical"
     if not shuffled.is_dir():
         shuffled_copy(a.cases, shuffled, a.seed)

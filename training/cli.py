@@ -137,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config(args)
     res = train(config, args.cases, args.workdir, members=args.members, device=args.device or "auto",
-                progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
+                progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs, folds=args.only_folds)
     for m, folds in res.items():
         done = [f for f in folds if "best_val_auc" in f]
         aucs = ", ".join(f"{f['outer_auc']:.3f}" if f.get("outer_auc") is not None else "n/a" for f in done)
@@ -243,10 +243,13 @@ def cmd_all(args: argparse.Namespace) -> int:
     from training.trainer import interrupted, train
 
     res = train(_config(args), args.cases, args.workdir, members=args.members, device=args.device or "auto",
-                progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs)
+                progress=not args.no_progress, stop_after_epochs=args.stop_after_epochs, folds=args.only_folds)
     if interrupted(res):
         print("stopped early (--stop-after-epochs); run the same command again to continue "
               "(fuse and export follow when every fold is finished)")
+        return 0
+    if args.only_folds is not None:
+        print(f"trained fold(s) {args.only_folds} only; run `all` without --fold when every fold is finished")
         return 0
     cmd_fuse(args)
     return cmd_export(args)
@@ -292,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     def train_args(sp: argparse.ArgumentParser) -> None:
         override_args(sp)
         sp.add_argument("--members", nargs="*", help="only these members")
+        sp.add_argument("--fold", type=int, nargs="*", dest="only_folds",
+                        help="only these outer folds (run folds in parallel processes on one work folder)")
         sp.add_argument("--device", default=None, help="auto (default), cpu, cuda")
         sp.add_argument("--stop-after-epochs", type=int, default=None,
                         help="stop each fold after this many epochs in this run (resume later)")

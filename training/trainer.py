@@ -168,7 +168,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes training other folds share the folder
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -348,8 +348,13 @@ def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> d
 
 
 def train(config: TrainingConfig, cases_dir: str | Path, workdir: str | Path, members: Sequence[str] | None = None,
-          device: str = "auto", progress: bool = True, stop_after_epochs: int | None = None) -> dict[str, Any]:
+          device: str = "auto", progress: bool = True, stop_after_epochs: int | None = None,
+          folds: Sequence[int] | None = None) -> dict[str, Any]:
     """Train every (or the named) member with nested k-fold cross-validation (see the module docstring).
+
+    Args:
+        folds: Only these outer folds (e.g. one per process or machine, sharing the work folder);
+            default all. Folds are independent, so running them apart gives the same result.
 
     Returns:
         Member -> list of fold summaries (``{"interrupted_after_epoch": n}`` for a fold stopped early).
@@ -373,15 +378,19 @@ def train(config: TrainingConfig, cases_dir: str | Path, workdir: str | Path, me
     files = list_cases(cases_dir)
     fold_of = {cid: k for k, ids in enumerate(split["folds"]) for cid in ids}
     inner_of = [set(v) for v in split["inner_validation"]]
+    wanted = sorted(set(folds)) if folds is not None else list(range(config.folds))
+    bad = [k for k in wanted if not 0 <= k < config.folds]
+    if bad:
+        raise TrainingError(f"--fold {bad}: folds are numbered 0..{config.folds - 1}")
     results: dict[str, Any] = {}
-    overall = tqdm(total=len(names) * config.folds, desc="training (member folds)", unit="fold",
+    overall = tqdm(total=len(names) * len(wanted), desc="training (member folds)", unit="fold",
                    disable=not progress, position=0)
     for name in names:
         member = config.members[name]
         data = MemberData.load(member, files)
         folds_of_cases = np.array([fold_of[c] for c in data.case_ids])
         results[name] = []
-        for k in range(config.folds):
+        for k in wanted:
             overall.set_postfix_str(f"{name} fold {k}")
             outer_idx = np.flatnonzero(folds_of_cases == k)
             rest = np.flatnonzero(folds_of_cases != k)

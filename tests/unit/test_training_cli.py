@@ -112,6 +112,22 @@ def test_folds_and_epochs_overrides_stop_resume_and_card(tmp_path, capsys):
     assert "different config" in capsys.readouterr().err
 
 
+def test_folds_trained_in_separate_runs_equal_one_run(tmp_path):
+    import torch
+
+    cases = _cases(tmp_path / "cases")
+    cfg = _config_file(tmp_path)
+    base = ["train", "--config", str(cfg), "--cases", str(cases), "--no-progress"]
+    assert main([*base, "--workdir", str(tmp_path / "one")]) == 0
+    for k in (1, 0):  # one run per fold, as parallel processes would do
+        assert main([*base, "--workdir", str(tmp_path / "apart"), "--fold", str(k)]) == 0
+    for k in (0, 1):
+        a = torch.load(tmp_path / f"one/members/clinical/fold{k}.best.pt", weights_only=True)
+        b = torch.load(tmp_path / f"apart/members/clinical/fold{k}.best.pt", weights_only=True)
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert main([*base, "--workdir", str(tmp_path / "bad"), "--fold", "2"]) == 2
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
     cases = _cases(tmp_path / "cases", n=40)
