@@ -46,10 +46,10 @@ def shuffled_copy(cases: Path, out: Path, seed: int) -> None:
         save_case(out, case)
 
 
-def run(code_root: Path, args: list[str]) -> None:
-    env = {**os.environ, "PYTHONPATH": str(code_root), "TSC_TRAIN_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "training", *args], cwd=code_root, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+def start(code_root: Path, args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(code_root), "TSC_TRAIN_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "training", *args], cwd=code_root, env=env,
+                            stdout=subprocess.DEVNULL)
 
 
 def oof(workdir: Path, folds: int) -> tuple[list[int], list[float]]:
@@ -83,12 +83,18 @@ def main() -> int:
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old_root)], input=archive, check=True)
         cfg = yaml_config(Path(tmp), a.folds)
-        for name, root in (("previous", old_root), ("current", REPO)):
+        runs = {}
+        for name, root in (("previous", old_root), ("current", REPO)):  # both at once, one thread each
             work = a.out / f"work-{name}"
             if work.exists() and not (work / "members" / "clinical" / f"fold{a.folds - 1}.oof.json").is_file():
                 shutil.rmtree(work)
-            run(root, ["train", "--config", str(cfg), "--cases", str(shuffled), "--workdir", str(work),
-                       "--members", "clinical", "--no-progress"])
+            runs[name] = start(root, ["train", "--config", str(cfg), "--cases", str(shuffled), "--workdir",
+                                      str(work), "--members", "clinical", "--no-progress"])
+        for name, proc in runs.items():
+            if proc.wait() != 0:
+                raise SystemExit(f"{name} training failed")
+        for name in runs:
+            work = a.out / f"work-{name}"
             y, s = oof(work, a.folds)
             learned, reason, auc, (lo, hi) = member_has_learned(y, s)
             result[name] = {"oof_auc": round(auc, 3), "ci": [round(lo, 3), round(hi, 3)],

@@ -116,7 +116,10 @@ def ensembles_mapping(ensembles: Mapping[str, Mapping[str, float]], thresholds: 
     out: dict[str, dict[str, Any]] = {}
     for name, weights in ensembles.items():
         t = (thresholds or {}).get(name, 0.5)
-        entry: dict[str, Any] = {"weights": {m: round(float(w), 6) for m, w in weights.items()},
+        rounded = {m: round(float(w), 6) for m, w in weights.items()}
+        largest = max(rounded, key=lambda m: rounded[m])  # rounding must keep the sum exactly 1
+        rounded[largest] = round(1.0 - sum(w for m, w in rounded.items() if m != largest), 6)
+        entry: dict[str, Any] = {"weights": rounded,
                                  "threshold": dict(t) if isinstance(t, Mapping) else float(t)}
         if descriptions and name in descriptions:
             entry["description"] = descriptions[name]
