@@ -77,13 +77,13 @@ def _copy_figures(workdir: Path, evaluation: Path | None, model_set_dir: Path) -
 
 
 def _card_text(config, workdir: Path, evaluation: Path | None, size_mb: float | None, data: str,
-               identity: str | None = None, figures: Sequence[str] = ()) -> str:
+               identity: str | None = None, figures: Sequence[str] = (), same_scoring: Any = None) -> str:
     from training.model_card import render_model_card
 
     inputs = _card_inputs(config, workdir, evaluation)
     return render_model_card(config, inputs["training"], inputs["fusion"], inputs["evaluation"], size_mb, data,
                              provenance=inputs["provenance"], held_out=inputs["held_out"], identity=identity,
-                             figures=figures)
+                             figures=figures, same_scoring=same_scoring)
 
 
 def _app_config(args: argparse.Namespace) -> Any:
@@ -231,8 +231,19 @@ def cmd_card(args: argparse.Namespace) -> int:
     size_mb = sum(f.path.stat().st_size for m in ms.members.values() for f in m.folds) / 2**20
     evaluation = Path(args.evaluation) if args.evaluation else None
     figures = _copy_figures(Path(args.workdir), evaluation, ms.root)
+    same_scoring = None
+    if args.evaluated_model_set:
+        from operators.model_manifest import load_model_set as _load
+        from training.provenance import scoring_differences
+
+        evaluated = _load(args.evaluated_model_set)
+        recorded = json.loads(evaluation.read_text()).get("identity") if evaluation else None
+        if evaluated.identity != recorded:
+            print(f"error: {args.evaluated_model_set} is not the model set the evaluation ran on", file=sys.stderr)
+            return 2
+        same_scoring = scoring_differences(evaluated.root, ms.root)
     text = _card_text(config, Path(args.workdir), evaluation, size_mb, args.data_description,
-                      identity=ms.identity, figures=figures)
+                      identity=ms.identity, figures=figures, same_scoring=same_scoring)
     target = ms.model_card or (ms.root / "MODEL_CARD.md")
     target.write_text(text, encoding="utf-8")
     print(f"model card written to {target}")
@@ -335,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, workdir=True)
     sp.add_argument("--model-set", required=True)
     sp.add_argument("--evaluation")
+    sp.add_argument("--evaluated-model-set", help="the model set the evaluation ran on, when this one was "
+                    "re-exported since (the card compares the two manifests)")
     sp.add_argument("--data-description", default="")
     sp.set_defaults(func=cmd_card)
 

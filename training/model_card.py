@@ -66,7 +66,7 @@ def render_model_card(config: TrainingConfig, training: Mapping[str, Sequence[Ma
                       size_mb: float | None = None, data_description: str = "",
                       provenance: Sequence[Mapping[str, Any]] | None = None,
                       held_out: Mapping[str, Any] | None = None, identity: str | None = None,
-                      figures: Sequence[str] = ()) -> str:
+                      figures: Sequence[str] = (), same_scoring: tuple[bool, list[str]] | None = None) -> str:
     """Render the model card.
 
     Args:
@@ -80,6 +80,8 @@ def render_model_card(config: TrainingConfig, training: Mapping[str, Sequence[Ma
         held_out: ``provenance.held_out_check`` of the evaluation against the training cases.
         identity: The identity of the model set the card is written for (compared with the evaluation's).
         figures: Figure paths (relative to the model set) that exist.
+        same_scoring: When the identities differ, ``provenance.scoring_differences`` between the
+            evaluated set and this one (checked from both manifests).
     """
     split = fusion.get("split") or {}
     counts = split.get("counts") or []
@@ -192,7 +194,9 @@ def render_model_card(config: TrainingConfig, training: Mapping[str, Sequence[Ma
                           f"{_fmt(m['specificity'])}" for n, m in in_sample.items()) + ".", ""]
     if evaluation:
         check = held_out or {}
-        same_set = identity is None or evaluation.get("identity") == identity
+        scoring_only = (identity is not None and evaluation.get("identity") != identity and same_scoring is not None
+                        and same_scoring[0])
+        same_set = identity is None or evaluation.get("identity") == identity or scoring_only
         if check.get("held_out") and same_set:
             title = f"## Held-out evaluation ({evaluation['n_cases']} cases, checked: none was a training case)"
         else:
@@ -205,7 +209,9 @@ def render_model_card(config: TrainingConfig, training: Mapping[str, Sequence[Ma
                 f"study, {len(check.get('same_patient', []))} same patient, "
                 f"{check.get('without_study_uid', '?')} without a StudyInstanceUID to compare.",
                 f"Model set identity of the evaluation: `{str(evaluation.get('identity'))[:16]}`"
-                + ("" if same_set else f" **differs from this model set's** (`{str(identity)[:16]}`): the "
+                + (f"; this set's is `{str(identity)[:16]}`: the manifests were compared and differ only in "
+                   f"{', '.join(same_scoring[1])}, which do not change any score" if scoring_only else
+                   "" if same_set else f" **differs from this model set's** (`{str(identity)[:16]}`): the "
                    "numbers are for another model set") + ".", ""]
         if evaluation.get("through"):
             out += [f"Run through the app's own pipeline (`{evaluation['through']}`, brain extraction "

@@ -82,3 +82,21 @@ def held_out_check(evaluated: Iterable[Mapping[str, Any]], training_cases: Mappi
     return {"held_out": not (same_id or same_uid or same_patient) and unknown == 0,
             "same_case_id": sorted(same_id), "same_study_uid": sorted(same_uid),
             "same_patient": sorted(same_patient), "without_study_uid": unknown}
+
+
+# Manifest keys whose content changes a score (the rest: names, wording, intended-use gate, card).
+SCORING_KEYS = ("grids", "members", "ensembles", "primary", "preprocessing")
+
+
+def scoring_differences(evaluated_dir: Path, model_set_dir: Path) -> tuple[bool, list[str]]:
+    """Whether two model sets score identically (same scoring manifest content), and which keys differ.
+
+    Returns:
+        (scores identical, sorted top-level manifest keys that differ).
+    """
+    import yaml
+
+    a = yaml.safe_load((Path(evaluated_dir) / "manifest.yaml").read_text())
+    b = yaml.safe_load((Path(model_set_dir) / "manifest.yaml").read_text())
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return not any(k in SCORING_KEYS for k in differ), differ

@@ -149,3 +149,21 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
     assert not list(work.rglob("*.tmp"))
     saved = __import__("torch").load(state, weights_only=False)["progress"]["epoch"]
     assert 0 < saved < 400
+
+
+def test_scoring_differences_between_manifests(tmp_path):
+    from training.provenance import held_out_check, scoring_differences
+
+    base = {"name": "x", "members": {"m": {"folds": [{"sha256": "a"}]}}, "ensembles": {"E": {"threshold": 0.4}}}
+    for name, extra in (("a", {}), ("b", {"intended_population": {"age_years": {"min": 0, "max": 18}}}),
+                        ("c", {"ensembles": {"E": {"threshold": 0.5}}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.yaml").write_text(yaml.safe_dump({**base, **extra}))
+    assert scoring_differences(tmp_path / "a", tmp_path / "b") == (True, ["intended_population"])
+    assert scoring_differences(tmp_path / "a", tmp_path / "c") == (False, ["ensembles"])
+    training = {"t1": {"study_uid": "1.2.1", "patient_key": "p1"}, "t2": {"study_uid": "1.2.2", "patient_key": "p2"}}
+    assert held_out_check([{"case_id": "e1", "study_uid": "1.2.9", "patient_key": "p9"}], training)["held_out"]
+    leaked = held_out_check([{"case_id": "e1", "study_uid": "1.2.2", "patient_key": "p9"},
+                             {"case_id": "e2", "study_uid": None, "patient_key": "p1"}], training)
+    assert not leaked["held_out"] and leaked["same_study_uid"] == ["e1"] and leaked["same_patient"] == ["e2"]
+    assert leaked["without_study_uid"] == 1
