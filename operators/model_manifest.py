@@ -54,6 +54,26 @@ An ensemble's ``threshold`` is either a plain number or a block written by
       fitted_on: out-of-fold predictions of 200 training cases
       metrics: {sensitivity: 0.81, sensitivity_ci: [0.74, 0.87], specificity: 0.70, ...}
 
+Optional block ``openvino_reduced_precision`` (written by ``python -m training
+quantize``; absent = the set runs only in f32): reduced-precision OpenVINO modes
+validated on this set's validation cases. A mode is accepted only when its
+recorded ``max_abs_probability_diff`` against eager PyTorch f32 is within its
+``tolerance`` (at most 1e-3)::
+
+    openvino_reduced_precision:
+      int8:                           # an INT8 IR per fold of the listed members (others run f32)
+        tolerance: 0.001
+        validation: {cases: 12, max_abs_probability_diff: 0.0002, openvino: 2026.4.1, nncf: 3.4.0}
+        members:
+          t2_wae:
+            - {xml: openvino/t2_wae.fold0.int8.xml, xml_sha256: <64 hex>,
+               bin: openvino/t2_wae.fold0.int8.bin, bin_sha256: <64 hex>}
+      bf16:                           # a bf16 inference hint (CPUs with native bf16); no files
+        tolerance: 0.001
+        validation: {...}
+
+The IR files listed there are checksummed at start-up like the weight files.
+
 Ensemble weights must be non-negative and sum to 1 (within 1e-6). The model
 set's identity (``ModelSet.identity``) is the SHA-256 of the canonical JSON
 form of the manifest (which includes every weight file's hash); it changes
@@ -88,6 +108,9 @@ CLINICAL_INPUT = "clinical"
 CONTRASTS = ("t2", "flair", "flair3")
 # Five stride-2 stages: smaller grids collapse below the kernels' size.
 MIN_GRID_SIZE = {"resnet3d-34": 16, "efficientnet3d-b0": 32}
+REDUCED_PRECISION_KEY = "openvino_reduced_precision"
+REDUCED_PRECISION_MODES = ("int8", "bf16")
+MAX_REDUCED_TOLERANCE = 1e-3
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -105,6 +128,48 @@ class FoldWeights:
     path: Path
     sha256: str
     relpath: str
+
+
+@dataclass(frozen=True)
+class IrFiles:
+    """An OpenVINO IR and the SHA-256 of its files.
+
+    Attributes:
+        xml: The topology file.
+        bin: The weights file.
+        xml_sha256 / bin_sha256: Expected SHA-256 (lower-case hex).
+        origin: Where the expectation comes from (manifest field or cache entry), for errors.
+    """
+
+    xml: Path
+    bin: Path
+    xml_sha256: str
+    bin_sha256: str
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class ReducedPrecisionMode:
+    """A reduced-precision OpenVINO mode validated on a model set.
+
+    Attributes:
+        mode: ``"int8"`` or ``"bf16"``.
+        tolerance: Largest probability difference allowed against eager f32 (<= 1e-3).
+        validation: What was measured (cases, ``max_abs_probability_diff``, versions).
+        members: For ``int8``: member name -> one INT8 IR per fold (empty for ``bf16``); members
+            not listed (e.g. the clinical FCNN, whose INT8 form did not validate) run f32.
+    """
+
+    mode: str
+    tolerance: float
+    validation: dict[str, Any]
+    members: dict[str, tuple[IrFiles, ...]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for reports and logs."""
+        v = self.validation
+        return (f"{self.mode} (validated on {v.get('cases', '?')} cases: max |probability diff| "
+                f"{float(v.get('max_abs_probability_diff', float('nan'))):.1e} <= {self.tolerance:g})")
 
 
 @dataclass(frozen=True)
@@ -223,6 +288,7 @@ class ModelSet:
         preprocessing: Free-form preprocessing description.
         intended_population: Who the model set is for (the intended-use gate);
             the app's default (``declared=False``) when the manifest has none.
+        reduced_precision: Validated reduced-precision OpenVINO modes by name (may be empty).
     """
 
     root: Path
@@ -240,6 +306,7 @@ class ModelSet:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     intended_population: IntendedPopulation = field(
         default_factory=lambda: IntendedPopulation(declared=False))
+    reduced_precision: dict[str, ReducedPrecisionMode] = field(default_factory=dict)
 
     @property
     def primary_ensemble(self) -> EnsembleSpec:
@@ -310,6 +377,10 @@ def load_model_set(path: str | Path, *, verify_checksums: bool = True) -> ModelS
     model_set = _parse(data, manifest_path)
     if verify_checksums:
         verify_weight_files(model_set)
+        for mode in model_set.reduced_precision.values():
+            for irs in mode.members.values():
+                for ir in irs:
+                    verify_ir(ir)
     logger.info("model set %s %s loaded (identity %s, %d members, primary %s, synthetic=%s)",
                 model_set.name, model_set.version, model_set.identity[:12], len(model_set.members),
                 model_set.primary, model_set.synthetic)
@@ -332,6 +403,24 @@ def verify_weight_files(model_set: ModelSet) -> None:
                 raise ModelConfigurationError(
                     f"{where}: checksum mismatch for {fold.path.name}: manifest says {fold.sha256}, "
                     f"file has {actual}")
+
+
+def verify_ir(ir: IrFiles) -> None:
+    """Check that both files of an OpenVINO IR exist and match their SHA-256.
+
+    Raises:
+        ModelConfigurationError: Naming the file, what was expected and found, and where
+            the expectation comes from.
+    """
+    for path, expected in ((ir.xml, ir.xml_sha256), (ir.bin, ir.bin_sha256)):
+        if not path.is_file():
+            raise ModelConfigurationError(f"{ir.origin}: OpenVINO IR file not found: {path}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelConfigurationError(
+                f"{ir.origin}: checksum mismatch for OpenVINO IR file {path}: expected {expected}, file has "
+                f"{actual} (a corrupted or altered file; restore it, or for a cache entry delete the folder "
+                f"{path.parent} so that it is converted again)")
 
 
 class _Fields:
@@ -424,10 +513,65 @@ def _parse(data: Any, manifest_path: Path) -> ModelSet:
         if not card_path.is_file():
             raise f.error("model_card", f"file not found: {card_path}")
 
+    reduced = _parse_reduced_precision(f, root, data.get(REDUCED_PRECISION_KEY), members)
+
     return ModelSet(root=root, manifest_path=manifest_path, name=name, version=version, synthetic=synthetic,
                     intended_use=intended_use, grids=grids, members=members, ensembles=ensembles,
                     primary=primary, identity=canonical_identity(data), model_card=card_path,
-                    preprocessing=preprocessing, intended_population=population)
+                    preprocessing=preprocessing, intended_population=population,
+                    reduced_precision=reduced)
+
+
+def _parse_reduced_precision(f: _Fields, root: Path, data: Any, members: Mapping[str, MemberSpec]
+                             ) -> dict[str, ReducedPrecisionMode]:
+    if data is None:
+        return {}
+    modes: dict[str, ReducedPrecisionMode] = {}
+    for mode, mdata in f.mapping(data, REDUCED_PRECISION_KEY).items():
+        where = f"{REDUCED_PRECISION_KEY}.{mode}"
+        if mode not in REDUCED_PRECISION_MODES:
+            raise f.error(where, f"unknown mode; expected one of {', '.join(REDUCED_PRECISION_MODES)}")
+        mdata = f.mapping(mdata, where)
+        tolerance = f.get(mdata, "tolerance", where, float)
+        if not 0 < tolerance <= MAX_REDUCED_TOLERANCE:
+            raise f.error(f"{where}.tolerance", f"must be in (0, {MAX_REDUCED_TOLERANCE:g}], got {tolerance}")
+        validation = dict(f.mapping(f.get(mdata, "validation", where, Mapping), f"{where}.validation"))
+        diff = f.get(validation, "max_abs_probability_diff", f"{where}.validation", float)
+        cases = f.get(validation, "cases", f"{where}.validation", int)
+        if cases < 1 or not math.isfinite(diff) or diff > tolerance:
+            raise f.error(f"{where}.validation", f"not validated: max_abs_probability_diff {diff} on {cases} "
+                                                 f"cases, tolerance {tolerance}")
+        irs: dict[str, tuple[IrFiles, ...]] = {}
+        if mode == "int8":
+            mems = f.mapping(f.get(mdata, "members", where, Mapping), f"{where}.members")
+            for mname in mems:
+                mw = f"{where}.members.{mname}"
+                if mname not in members:
+                    raise f.error(mw, f"unknown member (have {sorted(members)})")
+                member = members[mname]
+                folds = f.get(mems, mname, f"{where}.members", list)
+                if len(folds) != len(member.folds):
+                    raise f.error(mw, f"{len(folds)} IR entries for {len(member.folds)} folds")
+                entries = []
+                for k, fd in enumerate(folds):
+                    fw = f"{mw}[{k}]"
+                    fd = f.mapping(fd, fw)
+                    paths, sums = [], []
+                    for part in ("xml", "bin"):
+                        rel = f.get(fd, part, fw, str)
+                        p = (root / rel).resolve()
+                        if root not in p.parents:
+                            raise f.error(f"{fw}.{part}", f"{rel!r} points outside the model set folder")
+                        digest = f.get(fd, f"{part}_sha256", fw, str).lower()
+                        if not _SHA256.match(digest):
+                            raise f.error(f"{fw}.{part}_sha256", f"must be 64 hex digits, got {digest!r}")
+                        paths.append(p)
+                        sums.append(digest)
+                    entries.append(IrFiles(paths[0], paths[1], sums[0], sums[1],
+                                           origin=f"{f.manifest_path}: {fw}"))
+                irs[mname] = tuple(entries)
+        modes[mode] = ReducedPrecisionMode(mode=mode, tolerance=tolerance, validation=validation, members=irs)
+    return modes
 
 
 def _parse_member(f: _Fields, root: Path, name: str, mdata: Any, grids: Mapping[str, GridSpec]) -> MemberSpec:

@@ -235,7 +235,9 @@ def render_report_pdf(
         f"Fused probability of uncontrolled epilepsy <b>{words.prob(prediction.fused_score)}</b>; "
         f"decision threshold {words.prob(prediction.threshold)}; spread: "
         f"{_escape(words.spread(prediction))}. Model set {_escape(prediction.model_set_name or '-')} "
-        f"{_escape(prediction.model_set_version or '')}.", body))
+        f"{_escape(prediction.model_set_version or '')}"
+        + (f"; inference engine {_escape(prediction.inference_engine)}." if prediction.inference_engine else "."),
+        body))
     for line in words.other_ensemble_lines(prediction):
         story.append(Paragraph("Other ensemble: " + _escape(line), body))
     degraded = words.degraded_modes(prediction, preprocessed)

@@ -317,6 +317,8 @@ def _ensemble_group(prediction: Prediction, study_uid: str, version: str
     parameters = [f"weighted average, {weights_kind} weights {weights}"]
     if prediction.model_set_identity:
         parameters.append(f"model set {prediction.model_set_name} {prediction.model_set_identity[:16]}")
+    if prediction.inference_engine:
+        parameters.append(f"inference engine {prediction.inference_engine}")
     algorithm = hd.sr.AlgorithmIdentification(
         name=prediction.ensemble, version=prediction.model_set_version or version,
         parameters=parameters)

@@ -1,4 +1,9 @@
-"""Inference: fold averaging, late fusion, missing members and renormalisation, on CPU."""
+"""Inference: fold averaging, late fusion, missing members and renormalisation, on CPU.
+
+These run the PyTorch engine (the subject is fusion, not the engine);
+``test_openvino_engine.py`` shows that OpenVINO, the CPU default, gives the same
+probabilities.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ MEAN = {m: float(np.mean(p)) for m, p in PROBS.items()}
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> EnsembleRunner:
     ms = make_model_set(tmp_path_factory.mktemp("ms"), PROBS)
-    return EnsembleRunner(ms, RunnerOptions(device="cpu"))
+    return EnsembleRunner(ms, RunnerOptions(device="cpu", engine="pytorch"))
 
 
 def _inputs(rng, drop=(), clinical=True) -> MemberInputs:
@@ -86,7 +91,7 @@ def test_wrong_grid_shape_is_an_error_not_a_silent_resize(runner):
 
 
 def test_stream_residency_gives_the_same_scores(runner):
-    stream = EnsembleRunner(runner.model_set, RunnerOptions(device="cpu", weights_residency="stream"))
+    stream = EnsembleRunner(runner.model_set, RunnerOptions(device="cpu", engine="pytorch", weights_residency="stream"))
     inputs = _inputs(np.random.default_rng(6))
     a, b = runner.predict(inputs), stream.predict(inputs)
     assert stream.residency == "stream" and runner.residency == "memory"
@@ -96,7 +101,7 @@ def test_stream_residency_gives_the_same_scores(runner):
 def test_random_networks_give_input_dependent_scores(tmp_path):
     # Untrained fold networks (random last layer): scores must vary with the input and stay in (0, 1).
     ms = make_model_set(tmp_path, {"t2_wae": [None, None]}, ensembles={"WAE-Net": {"t2_wae": 1.0}})
-    r = EnsembleRunner(ms, RunnerOptions(device="cpu"))
+    r = EnsembleRunner(ms, RunnerOptions(device="cpu", engine="pytorch"))
     rng = np.random.default_rng(7)
     scores = {r.predict(MemberInputs(images={"t2@wae": rng.random((16,) * 3, dtype=np.float32) * s})).fused_score
               for s in (0.5, 1.0, 3.0)}
