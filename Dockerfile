@@ -56,6 +56,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOLOSCAN_OUTPUT_PATH=/var/holoscan/output \
     HOLOSCAN_MODEL_PATH=/opt/tsc/models \
     TSC_NODE_CONFIG=/etc/tsc-node/node.yaml \
+    TSC_OPENVINO_CACHE=/var/cache/tsc/openvino \
     MPLCONFIGDIR=/tmp/matplotlib
 
 # libgomp1: OpenMP runtime of SimpleITK/scipy wheels. Nothing else: no compilers, curl or unzip.
@@ -63,8 +64,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid "${APP_UID}" tsc \
- && mkdir -p /var/holoscan/input /var/holoscan/output /var/lib/tsc-node /etc/tsc-node \
- && chown -R tsc:tsc /var/holoscan /var/lib/tsc-node
+ && mkdir -p /var/holoscan/input /var/holoscan/output /var/lib/tsc-node /etc/tsc-node /var/cache/tsc/openvino \
+ && chown -R tsc:tsc /var/holoscan /var/lib/tsc-node /var/cache/tsc
 
 COPY --from=venv /opt/venv /opt/venv
 WORKDIR /opt/tsc
@@ -74,6 +75,10 @@ COPY synthetic ./synthetic
 COPY --from=models /models ./models
 COPY app/node/node.example.yaml /etc/tsc-node/node.yaml
 USER tsc
+# CPU inference runs through OpenVINO: a shipped model set is converted into the IR cache now
+# (checksummed entries keyed by the weights' SHA-256), so a container start only verifies and
+# compiles; a model set mounted later is converted into the same (writable) cache once.
+RUN if [ -f models/manifest.yaml ]; then python -m app prepare-engine -m models; fi
 
 # DICOM node (`serve`): default C-STORE/C-ECHO port of app/node's configuration.
 EXPOSE 11112

@@ -17,7 +17,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_ANALYSABLE = 2
 DEMO_SEED = 20260
-SUBCOMMANDS = ("serve", "status", "cleanup", "demo")
+SUBCOMMANDS = ("serve", "status", "cleanup", "demo", "prepare-engine")
 
 
 def _map_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,8 @@ def _map_parser() -> argparse.ArgumentParser:
         prog="python -m app",
         description="Analyse one study folder (MONAI Deploy convention). Subcommands: "
                     "serve (DICOM node), status (node status), cleanup (spool retention), demo (run on a "
-                    "synthetic study).",
+                    "synthetic study), prepare-engine (convert the model set for OpenVINO into its cache, e.g. "
+                    "at image build).",
         epilog="Missing -i/-o/-m fall back to HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and "
                "HOLOSCAN_MODEL_PATH, then to ./input, ./output and ./models. Exit codes (policy 'detailed'): "
                "0 analysed, 2 not analysable (a short SR says why), 1 configuration or internal error; "
@@ -183,6 +184,30 @@ def main_demo(argv: Sequence[str]) -> int:
     return run_study(study.input_dir, args.work / "results" / study.sid, args.model, args.config)
 
 
+def main_prepare_engine(argv: Sequence[str]) -> int:
+    """Load the model set once with the configured engine: fills the OpenVINO IR cache."""
+    p = argparse.ArgumentParser(prog="python -m app prepare-engine",
+                                description="Convert every fold network of the model set into the OpenVINO IR "
+                                            "cache (openvino_cache / $TSC_OPENVINO_CACHE), so that later starts "
+                                            "only verify and compile. Run it where the cache will be read from "
+                                            "(e.g. in the image build, with a cache folder outside the model set).")
+    p.add_argument("-m", "--model", type=Path, default=Path(os.environ.get("HOLOSCAN_MODEL_PATH") or "models"))
+    p.add_argument("-c", "--config", type=Path, default=os.environ.get("TSC_APP_CONFIG"))
+    args = p.parse_args(argv)
+    _setup_logging("INFO", False)
+    from app.config import load_app_config, runner_options
+    from app.pipeline import load_runner
+
+    try:
+        runner = load_runner(args.model, options=runner_options(load_app_config(args.config)))
+    except PipelineError as exc:
+        print(f"error: {exc.reason}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"engine {runner.engine_description}; {len(runner.members)} members ready "
+          f"(converted in {runner.conversion_s:.1f} s, loaded in {runner.load_s:.1f} s)")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to the MAP run or a subcommand."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -192,4 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return node_main(argv)
     if argv and argv[0] == "demo":
         return main_demo(argv[1:])
+    if argv and argv[0] == "prepare-engine":
+        return main_prepare_engine(argv[1:])
     return main_map(argv)

@@ -351,12 +351,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-description", default="")
     sp.set_defaults(func=cmd_card)
 
+    sp = sub.add_parser("quantize", help="INT8 OpenVINO IR for a model set, recorded only when validated within "
+                                         "1e-3 of PyTorch f32 (needs nncf: pip install '.[quantize]')")
+    sp.add_argument("--model-set", required=True, help="model set folder (updated in place)")
+    sp.add_argument("--cases", required=True, help="the set's validation case files (.npz)")
+    sp.add_argument("--calibration", type=int, default=4, help="cases (first by name) used for calibration")
+    sp.add_argument("--validation", type=int, default=None, help="at most this many of the other cases validate")
+    sp.add_argument("--tolerance", type=float, default=1e-3, help="largest probability difference accepted")
+    sp.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_quantize)
+
     sp = sub.add_parser("all", help="train + fuse + export")
     common(sp, workdir=True, cases=True)
     train_args(sp)
     export_args(sp)
     sp.set_defaults(func=cmd_all)
     return p
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from training.quantize import QuantizationError, quantize_from_case_files
+
+    try:
+        record = quantize_from_case_files(args.model_set, args.cases, calibration=args.calibration,
+                                          validation=args.validation, tolerance=args.tolerance)
+    except QuantizationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    v = record["validation"]
+    print(f"int8 validated on {v['cases']} cases: max |probability diff| {v['max_abs_probability_diff']:.2e} "
+          f"<= {record['tolerance']:g}; recorded in {Path(args.model_set) / 'manifest.yaml'}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

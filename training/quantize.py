@@ -141,6 +141,27 @@ def quantize_model_set(model_set_dir: str | Path, calibration: Sequence[MemberIn
     return record
 
 
+def quantize_from_case_files(model_set_dir: str | Path, cases_dir: str | Path, *, calibration: int = 4,
+                             validation: int | None = None, tolerance: float = MAX_REDUCED_TOLERANCE
+                             ) -> dict[str, Any]:
+    """``quantize_model_set`` on prepared case files: the first ``calibration`` cases (by name)
+    calibrate, the following ones (at most ``validation``) validate."""
+    from training.cases import list_cases, load_case
+
+    paths = list_cases(cases_dir)
+    if len(paths) <= calibration:
+        raise QuantizationError(f"{cases_dir}: {len(paths)} case files, need more than {calibration} "
+                                "(calibration + validation)")
+    chosen = paths[calibration:] if validation is None else paths[calibration:calibration + validation]
+
+    def inputs(path: Path) -> MemberInputs:
+        case = load_case(path)
+        return MemberInputs(images=case.images, clinical=case.clinical_vector())
+
+    return quantize_model_set(model_set_dir, [inputs(p) for p in paths[:calibration]], [inputs(p) for p in chosen],
+                              tolerance=tolerance, source=f"{len(chosen)} case files of {Path(cases_dir).name}")
+
+
 def write_card_section(card: Path, mode: ReducedPrecisionMode) -> None:
     """Replace (or append) the model card's reduced-precision section."""
     v = mode.validation
