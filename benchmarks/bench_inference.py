@@ -263,19 +263,31 @@ def main(argv: list[str] | None = None) -> int:
             return None
         return json.loads(line[len("RESULT "):])
 
-    prepared: dict[str, Any] = {}
-    if {"default", "reduced"} & set(args.variants):
-        prepared = child("--_prepare", "reduced" if "reduced" in args.variants else "f32") or {}
-        print("one-time preparation (not in the study times): " +
-              ", ".join(f"{k} {v:.3g}" for k, v in prepared.items()), flush=True)
     gflop = study_gflop()
+    prepared: dict[str, Any] = {}
     results: dict[str, dict[str, Any]] = {}
-    for v in args.variants:
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps({"variants": results, "repeats": args.repeats, "weights_gib": size_gb,
+                                             "study_gflop": gflop, "prepared": prepared,
+                                             "cpus_visible": os.cpu_count()}, indent=1))
+
+    # eager first: it needs no preparation, and it is the reference of every difference.
+    for v in sorted(args.variants, key=lambda name: name != "eager"):
+        if v in ("default", "reduced") and not prepared.get("f32" if v == "default" else "reduced"):
+            step = child("--_prepare", "reduced" if v == "reduced" else "f32") or {}
+            prepared.update(step)
+            prepared["f32"] = True
+            prepared["reduced"] = prepared.get("reduced") or v == "reduced"
+            print("one-time preparation (not in the study times): " +
+                  ", ".join(f"{k} {val:.3g}" for k, val in step.items()), flush=True)
         r = child("--_child", v)
         if r is None:
             continue
         results[v] = r
         print(f"  {v}: median {r['median_s']:.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB ({r['engine']})", flush=True)
+        save()
 
     base = results.get("eager")
     print(f"\nOne study, full-size WAE-Net (3 x ResNet3D-34 x 5 + FCNN x 5, 128^3) + eTSC-Net "
@@ -295,10 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{v:9s} {r['threads']:7d} {r['median_s']:9.1f} {r['speedup_vs_eager']:8.2f} {r['gflop_per_s']:8.0f} "
               f"{r['load_s']:7.1f} {r['study_compile_s']:9.1f} {r['peak_rss_gib']:12.2f} "
               f"{r['max_abs_probability_diff']:9.1e}  {r['engine']}")
-    if args.json:
-        args.json.write_text(json.dumps({"variants": results, "repeats": args.repeats, "weights_gib": size_gb,
-                                         "study_gflop": gflop, "prepared": prepared,
-                                         "cpus_visible": os.cpu_count()}, indent=1))
+    save()
     return 0
 
 
