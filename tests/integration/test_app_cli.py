@@ -168,7 +168,7 @@ def test_dicom_variety_folders_end_with_reason_and_sr(folder: str, model_set: Pa
 
 def test_demo_shows_the_embedded_study_and_analyses_it(model_set: Path, fallback_config: Path,
                                                        tmp_path: Path) -> None:
-    result = run_app("demo", "--work", tmp_path, "-m", model_set, "-c", fallback_config)
+    result = run_app("demo", "--work", tmp_path, "-m", model_set, "-c", fallback_config, timeout=900)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "[   T2]" in out and "[FLAIR]" in out
@@ -183,7 +183,7 @@ def test_demo_shows_the_embedded_study_and_analyses_it(model_set: Path, fallback
 def test_demo_without_a_model_set_says_no_prediction(fallback_config: Path, tmp_path: Path) -> None:
     empty = tmp_path / "models"
     empty.mkdir()
-    result = run_app("demo", "--work", tmp_path, "-m", empty, "-c", fallback_config)
+    result = run_app("demo", "--work", tmp_path, "-m", empty, "-c", fallback_config, timeout=900)
     assert result.returncode == 0, result.stderr
     assert "no prediction: no model set" in result.stdout
     assert not list(tmp_path.rglob("results/*/*.dcm"))
