@@ -195,7 +195,7 @@ def test_outbox_retries_with_the_same_uids_until_the_pacs_is_back(tmp_path: Path
         outbox.flush_once(now=time.time() + 3600)
     (entry,) = outbox.pending_entries()
     d = json.loads((entry / "manifest.json").read_text())["destinations"]["PACS_127.0.0.1_" + str(port)]
-    assert d["attempts"] == 3 and d["state"] == "pending" and "failed" in d["last_error"]
+    assert d["attempts"] == 3 and d["state"] == "pending" and "connection refused" in d["last_error"]
     assert read_status(spool.root).results_unsent == 1
     pacs = PacsPeer(tmp_path / "pacs", port=port).start()
     try:
