@@ -332,16 +332,21 @@ class Spool:
         series_key = uid_key(header.series_uid)
         sop_key = uid_key(sop_instance_uid)
         with self.study_lock(study_key):
-            folder = self.incoming / study_key / series_key
-            if not folder.is_dir():
-                folder.mkdir(parents=True, exist_ok=True)
-                if self.fsync:
-                    fsync_dir(folder.parent)
-                    fsync_dir(folder.parent.parent)
+            folder = self._series_folder(study_key, series_key)
             final = folder / f"{sop_key}.dcm"
             atomic_write(final, [file_meta, dataset], self.path("tmp"), fsync=self.fsync)
             self.last_activity[study_key] = time.monotonic()
         return final
+
+    def _series_folder(self, study_key: str, series_key: str) -> Path:
+        """The incoming folder of one series, made durably (call under the study lock)."""
+        folder = self.incoming / study_key / series_key
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            if self.fsync:
+                fsync_dir(folder.parent)
+                fsync_dir(folder.parent.parent)
+        return folder
 
     def store_file(self, received: Path, header: HeaderInfo, sop_instance_uid: str) -> Path:
         """Move a received Part 10 file (in ``tmp/``) durably into its study's incoming folder.
@@ -364,12 +369,7 @@ class Spool:
             finally:
                 os.close(fd)
         with self.study_lock(study_key):
-            folder = self.incoming / study_key / series_key
-            if not folder.is_dir():
-                folder.mkdir(parents=True, exist_ok=True)
-                if self.fsync:
-                    fsync_dir(folder.parent)
-                    fsync_dir(folder.parent.parent)
+            folder = self._series_folder(study_key, series_key)
             final = folder / f"{sop_key}.dcm"
             try:
                 os.replace(received, final)
