@@ -71,6 +71,16 @@ def models() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def app_config() -> Iterator[Path]:
+    """The weight-free brain extraction: these small phantoms test the platform contracts, not HD-BET."""
+    folder = Path(tempfile.mkdtemp(prefix="tsc-platform-config-"))
+    (folder / "app.yaml").write_text("brain_extraction: fallback\n")
+    _world_readable(folder)
+    yield folder / "app.yaml"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _world_readable(root: Path) -> None:
     for p in [root, *root.rglob("*")]:
         p.chmod(p.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if p.is_dir() else 0))
@@ -162,19 +172,20 @@ def _srs(folder: Path) -> list:
     return out
 
 
-def _mercure_env(folder_in: Path, folder_out: Path, models: Path, policy: str) -> dict[str, str]:
+def _mercure_env(folder_in: Path, folder_out: Path, models: Path, policy: str,
+                 config: Path) -> dict[str, str]:
     return {"MERCURE_IN_DIR": str(folder_in), "MERCURE_OUT_DIR": str(folder_out),
             "MONAI_INPUTPATH": str(folder_in), "MONAI_OUTPUTPATH": str(folder_out),
             "HOLOSCAN_INPUT_PATH": str(folder_in), "HOLOSCAN_OUTPUT_PATH": str(folder_out),
-            "HOLOSCAN_MODEL_PATH": str(models), "TSC_EXIT_CODE_POLICY": policy}
+            "HOLOSCAN_MODEL_PATH": str(models), "TSC_EXIT_CODE_POLICY": policy, "TSC_APP_CONFIG": str(config)}
 
 
 @needs_root
-def test_mercure_module_analysed_study(tmp_path: Path, models: Path) -> None:
+def test_mercure_module_analysed_study(tmp_path: Path, models: Path, app_config: Path) -> None:
     study_uid, files = _study(tmp_path, 31)
     folder_in, folder_out = mercure_layout(tmp_path, files, {})
     before = sorted(p.name for p in folder_in.iterdir())
-    result = run_as_platform(_mercure_env(folder_in, folder_out, models, "sr-written"))
+    result = run_as_platform(_mercure_env(folder_in, folder_out, models, "sr-written", app_config))
     assert result.returncode == 0, result.stderr[-3000:]
     (sr,) = _srs(folder_out)
     assert read_result_sr(sr).analysed and sr.StudyInstanceUID == study_uid
@@ -183,10 +194,11 @@ def test_mercure_module_analysed_study(tmp_path: Path, models: Path) -> None:
 
 
 @needs_root
-def test_mercure_module_not_analysable_study_still_dispatches_its_sr(tmp_path: Path, models: Path) -> None:
+def test_mercure_module_not_analysable_study_still_dispatches_its_sr(tmp_path: Path, models: Path,
+                                                                    app_config: Path) -> None:
     study_uid, files = _study(tmp_path, 32, flair=False)
     folder_in, folder_out = mercure_layout(tmp_path, files, {})
-    env = _mercure_env(folder_in, folder_out, models, "sr-written")
+    env = _mercure_env(folder_in, folder_out, models, "sr-written", app_config)
     result = run_as_platform(env)
     # mercure dispatches the outputs only after exit 0: the not-analysable SR must get there
     assert result.returncode == 0, result.stderr[-3000:]
@@ -200,11 +212,12 @@ def test_mercure_module_not_analysable_study_still_dispatches_its_sr(tmp_path: P
 
 
 @needs_root
-def test_monai_deploy_workflow_task_signals_through_its_mandatory_output(tmp_path: Path, models: Path) -> None:
+def test_monai_deploy_workflow_task_signals_through_its_mandatory_output(tmp_path: Path, models: Path,
+                                                                         app_config: Path) -> None:
     study_uid, files = _study(tmp_path, 33)
     folder_in, folder_out = gateway_layout(tmp_path, files)
     env = {"HOLOSCAN_INPUT_PATH": str(folder_in), "HOLOSCAN_OUTPUT_PATH": str(folder_out),
-           "HOLOSCAN_MODEL_PATH": str(models)}
+           "HOLOSCAN_MODEL_PATH": str(models), "TSC_APP_CONFIG": str(app_config)}
     result = run_as_platform(env)
     assert result.returncode == 0, result.stderr[-3000:]
     (sr,) = _srs(folder_out)  # the mandatory artifact the workflow definition declares
