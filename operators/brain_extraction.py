@@ -73,8 +73,8 @@ class BrainMaskResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def largest_component_filled(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 26-connected component and fill its holes (3D, then per slice)."""
+def largest_component_filled(mask: np.ndarray, per_slice: bool = True) -> np.ndarray:
+    """Keep the largest 26-connected component and fill its holes (3D, then per slice unless told not to)."""
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     if n == 0:
         return np.zeros(mask.shape, dtype=bool)
@@ -82,8 +82,9 @@ def largest_component_filled(mask: np.ndarray) -> np.ndarray:
     sizes[0] = 0
     out = labels == int(np.argmax(sizes))
     out = ndimage.binary_fill_holes(out)
-    for k in range(out.shape[0]):  # axis 0 = slices of a SimpleITK array (z, y, x)
-        out[k] = ndimage.binary_fill_holes(out[k])
+    if per_slice:
+        for k in range(out.shape[0]):  # axis 0 = slices of a SimpleITK array (z, y, x)
+            out[k] = ndimage.binary_fill_holes(out[k])
     return out
 
 

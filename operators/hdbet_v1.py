@@ -45,8 +45,8 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 import torch
-from scipy import ndimage
 
+from operators.brain_extraction import largest_component_filled
 from operators.errors import PreprocessingError
 from operators.hdbet_network import SHAPE_DIVISOR, HdBetParameterError, HdBetV1Network, build_hdbet_v1_network
 
@@ -211,16 +211,6 @@ def pad_upper(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 _MIRRORINGS: tuple[tuple[int, ...], ...] = ((), (4,), (3,), (3, 4), (2,), (2, 4), (2, 3), (2, 3, 4))
 
 
-def keep_largest_filled(mask: np.ndarray) -> np.ndarray:
-    """Largest 26-connected component, holes filled."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
-
-
 # --------------------------------------------------------------------------- predictor
 
 
@@ -341,7 +331,7 @@ class HdBetV1Predictor:
 def probability_to_mask(probability: sitk.Image, reference: sitk.Image) -> sitk.Image:
     """Step 6: probability resampled (linear) onto ``reference``'s grid, > 0.5, largest component, holes filled."""
     on_ref = sitk.Resample(probability, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    arr = keep_largest_filled(sitk.GetArrayViewFromImage(on_ref) > 0.5)
+    arr = largest_component_filled(sitk.GetArrayViewFromImage(on_ref) > 0.5, per_slice=False)
     mask = sitk.GetImageFromArray(arr.astype(np.uint8))
     mask.CopyInformation(reference)
     return mask
