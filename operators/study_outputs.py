@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,49 +106,50 @@ def write_study_outputs(
             failure = PipelineError(written.failures["sr"], stage="outputs")
             written.not_analysable_sr = _save_not_analysable_sr(
                 output_folder, failure, sources, selected_series, prediction, config, app)
+    app_version = app.resolved_version()
+
+    def result_page() -> Path:
+        page = render_result_page(prediction, selected_series, preprocessed, clinical=clinical,
+                                  intended_use=intended_use)
+        return save_result_page(build_result_page_sc(
+            page, selected_series, series_number=config.result_page_series_number,
+            manufacturer=app.manufacturer, software_version=app_version), output_folder)
+
+    def flair3_series() -> list[Path]:
+        return save_series(build_flair3_series(
+            preprocessed, selected_series, series_number=config.flair3_series_number,
+            manufacturer=app.manufacturer, software_version=app_version), output_folder)
+
+    def pdf() -> Path:
+        summary = config.model_card_text(model_card_base_dir) or model_card_summary_from(model_card)
+        document = render_report_pdf(prediction, selected_series, preprocessed, model_card_summary=summary,
+                                     app_version=app_version, clinical=clinical, intended_use=intended_use)
+        return save_pdf_instance(build_encapsulated_pdf(
+            document, selected_series, series_number=config.pdf_series_number,
+            manufacturer=app.manufacturer, software_version=app_version), output_folder)
+
     if config.result_page:
-        try:
-            page = render_result_page(prediction, selected_series, preprocessed, clinical=clinical,
-                                      intended_use=intended_use)
-            instance = build_result_page_sc(
-                page, selected_series, series_number=config.result_page_series_number,
-                manufacturer=app.manufacturer, software_version=app.resolved_version())
-            written.result_page = save_result_page(instance, output_folder)
-        except Exception as error:  # optional output: keep the SR going
-            written.failures["result_page"] = _failure_text(error)
-            logger.error("Result page not written: %s", written.failures["result_page"])
-            logger.debug("Result page not written", exc_info=True)
+        _write_optional(written, "result_page", "Result page", result_page)
     if config.flair3_series:
         if preprocessed is None:
             written.failures["flair3_series"] = "no preprocessed images"
         else:
-            try:
-                instances = build_flair3_series(
-                    preprocessed, selected_series, series_number=config.flair3_series_number,
-                    manufacturer=app.manufacturer, software_version=app.resolved_version())
-                written.flair3_series = save_series(instances, output_folder)
-            except Exception as error:  # optional output: keep the SR going
-                written.failures["flair3_series"] = _failure_text(error)
-                logger.error("FLAIR3 series not written: %s", written.failures["flair3_series"])
-                logger.debug("FLAIR3 series not written", exc_info=True)
+            _write_optional(written, "flair3_series", "FLAIR3 series", flair3_series)
     if config.pdf:
-        try:
-            summary = (config.model_card_text(model_card_base_dir)
-                       or model_card_summary_from(model_card))
-            pdf = render_report_pdf(prediction, selected_series, preprocessed,
-                                    model_card_summary=summary, app_version=app.resolved_version(),
-                                    clinical=clinical, intended_use=intended_use)
-            instance = build_encapsulated_pdf(
-                pdf, selected_series, series_number=config.pdf_series_number,
-                manufacturer=app.manufacturer, software_version=app.resolved_version())
-            written.pdf = save_pdf_instance(instance, output_folder)
-        except Exception as error:  # optional output: keep the SR going
-            written.failures["pdf"] = _failure_text(error)
-            logger.error("PDF report not written: %s", written.failures["pdf"])
-            logger.debug("PDF report not written", exc_info=True)
+        _write_optional(written, "pdf", "PDF report", pdf)
     logger.info("Study outputs written: %d file(s)%s", len(written.paths()),
                 f", failed: {sorted(written.failures)}" if written.failures else "")
     return written
+
+
+def _write_optional(written: WrittenOutputs, key: str, label: str, write: Callable[[], Any]) -> None:
+    """Write one optional output into ``written.<key>``; a failure is recorded and logged, the rest goes on."""
+    try:
+        setattr(written, key, write())
+    except Exception as error:  # optional output: keep the SR going
+        written.failures[key] = _failure_text(error)
+        logger.error("%s not written: %s", label, written.failures[key])
+        logger.debug("%s not written", label, exc_info=True)
 
 
 def write_not_analysable_outputs(
