@@ -45,11 +45,13 @@ SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
 def _can_switch_user() -> bool:
-    return shutil.which("setpriv") is not None and os.geteuid() == 0
+    # the foreign user must be able to reach the checkout (mktemp -d folders are 0700)
+    reachable = all(p.stat().st_mode & stat.S_IXOTH for p in Path(__file__).resolve().parents)
+    return shutil.which("setpriv") is not None and os.geteuid() == 0 and reachable
 
 
 needs_root = pytest.mark.skipif(not _can_switch_user(),
-                                reason="runs the app as a foreign UID: needs root and setpriv")
+                                reason="runs the app as a foreign UID: needs root, setpriv and a checkout others can reach")
 
 
 @pytest.fixture()
