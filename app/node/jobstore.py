@@ -8,6 +8,10 @@ from typing import Any
 
 from .spool import atomic_write
 
+#: A ``jobs/.new-*`` staging folder younger than this is a job being made right now,
+#: not one left behind by an error.
+STAGING_GRACE_S = 30.0
+
 
 def write_json(path: Path, data: dict[str, Any], tmp_dir: Path, *, fsync: bool = True) -> None:
     """Atomically replace ``path`` with ``data`` as JSON."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .health import models_problem, read_heartbeat
-from .jobstore import read_json
+from .jobstore import STAGING_GRACE_S, read_json
 from .logs import redact_free_text
 
 # Sub-folders every spool has once the node has started on it.
@@ -173,6 +173,13 @@ def _dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # gone since it was listed
+        return None
+
+
 def _newest_mtime(folder: Path) -> float | None:
     newest = None
     for root, _, files in os.walk(folder):
@@ -309,9 +316,12 @@ def read_status(spool_dir: Path, max_failures: int = 10, *, models_dir: Path | N
         st.problems.append(f"{len(st.stuck_jobs)} job(s) recorded running that no worker runs "
                            f"({', '.join(st.stuck_jobs[:3])}): a failed hand-off, queued again on the "
                            "node's next pass")
-    st.staged_jobs = sum(1 for _ in (spool_dir / "jobs").glob(".new-*"))
-    if st.staged_jobs:
-        st.problems.append(f"{st.staged_jobs} half-made job(s) in jobs/.new-*: finished or dropped on the "
+    staged = [m for m in map(_mtime, (spool_dir / "jobs").glob(".new-*")) if m is not None]
+    st.staged_jobs = len(staged)
+    # a young staging folder is a job being made right now; only a left-over one is a problem
+    left_over = sum(1 for m in staged if now - m >= STAGING_GRACE_S)
+    if left_over:
+        st.problems.append(f"{left_over} half-made job(s) in jobs/.new-*: finished or dropped on the "
                            "node's next pass" + ("" if node_running else " (node not running)"))
     invalid = spool_dir / "invalid"
     st.invalid_instances = sum(1 for _ in invalid.glob("*.dcm")) if invalid.is_dir() else 0

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from .jobstore import read_json, write_json
+from .jobstore import STAGING_GRACE_S, read_json, write_json
 from .spool import Spool, fsync_dir, uid_key
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class StudyTracker:
                 record["state"] = "queued"
                 write_json(job.record_path, record, self.spool.path("tmp"), fsync=self.spool.fsync)
 
-    def recover_staging(self, min_age_s: float = 30.0) -> int:
+    def recover_staging(self, min_age_s: float = STAGING_GRACE_S) -> int:
         """Finish or drop ``jobs/.new-*`` folders left by an error; return how many.
 
         A staging folder holds hard links only (the instances stay in ``incoming/``

@@ -35,7 +35,9 @@ def _results_by_study(folder: Path) -> dict[str, list[str]]:
 def _status(node: NodeProcess) -> dict:
     r = subprocess.run([sys.executable, "-m", "app.node", "status", "--config", str(node.config_path),
                         "--json"], cwd=REPO, env=node.env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    # exit 1 means "a problem needs an operator" (e.g. results unsent while the PACS is down);
+    # the JSON is printed either way and the tests poll its counts
+    assert r.returncode in (0, 1) and r.stdout, r.stderr
     return json.loads(r.stdout)
 
 
@@ -116,7 +118,7 @@ def test_study_in_sr_out_and_bad_peers(tmp_path: Path) -> None:
         time.sleep(1)
         st = _status(node)
         assert st["processed"] == 1 and st["waiting"] == 0 and st["running"] == 0
-        assert st["invalid_instances"] == 1 and st["failed"] == 0
+        assert st["invalid_instances"] == 1 and st["failed"] == 0 and not st["problems"], st["problems"]
     finally:
         node.stop()
         pacs.stop()

@@ -77,6 +77,9 @@ def test_status_shows_stuck_and_half_made_jobs_and_a_full_disk(tmp_path: Path) -
         write_json(job / "job.json", record, spool.path("tmp"), fsync=False)
     staged = spool.path("jobs") / ".new-00000000000000000003-1.2.5"
     (staged / "input").mkdir(parents=True)
+    assert not any("half-made" in p for p in read_status(spool.root).problems), \
+        "a job being made right now is not a problem"
+    os.utime(staged, (long_ago, long_ago))
     (spool.path("invalid") / "x1234.dcm").write_bytes(b"")
     # a live node whose only worker runs job 2
     write_json(spool.path("state") / "node.json", {
