@@ -21,32 +21,26 @@ Example (all keys shown with their defaults)::
                               # every report then says so
 
 Relative paths resolve against the configuration file's folder. Unknown keys
-are rejected so that a typo cannot silently change behaviour.
+are rejected so that a typo cannot silently change behaviour. The same keys can
+be the ``app`` section of a shared settings file (docs/configuration.md); the
+file is read by :mod:`operators.typed_config`, as the node's and training's are.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import dataclasses
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-import yaml
-
-from operators.errors import ConfigurationError
+from operators.errors import ConfigurationError  # noqa: F401 - re-exported for the app's modules
 from operators.intended_use import SiteIntendedUse
-from operators.output_config import OutputConfig, output_config_from_dict
+from operators.output_config import OutputConfig
+from operators.typed_config import build, read_mapping, resolve_path, section
 
 if TYPE_CHECKING:
     from operators.inference import RunnerOptions
-
-_PATH_KEYS = ("models", "hdbet_weights", "series_rules", "clinical_lookup", "openvino_cache")
-BRAIN_EXTRACTION_CHOICES = ("auto", "hd-bet", "fallback")
-HDBET_MODE_CHOICES = ("auto", "fast", "accurate")
-HDBET_INPUT_CHOICES = ("flair", "t2", "mean")
-INFERENCE_ENGINE_CHOICES = ("auto", "openvino", "pytorch")
-INFERENCE_PRECISION_CHOICES = ("fp32", "reduced", "int8", "bf16")
-
-
 
 
 @dataclass(frozen=True)
@@ -55,71 +49,42 @@ class AppConfig:
 
     models: Path | None = None
     device: str = "auto"
-    inference_engine: str = "auto"
-    inference_precision: str = "fp32"
+    inference_engine: Literal["auto", "openvino", "pytorch"] = "auto"
+    inference_precision: Literal["fp32", "reduced", "int8", "bf16"] = "fp32"
     openvino_cache: Path | None = None
-    brain_extraction: str = "auto"
+    brain_extraction: Literal["auto", "hd-bet", "fallback"] = "auto"
     hdbet_weights: Path | None = None
-    hdbet_mode: str = "auto"
-    hdbet_mirroring: bool | None = None
-    hdbet_input: str = "flair"
+    hdbet_mode: Literal["auto", "fast", "accurate"] = "auto"
+    hdbet_mirroring: bool | None = None  # None: auto
+    hdbet_input: Literal["flair", "t2", "mean"] = "flair"
     series_rules: Path | None = None
     clinical_lookup: Path | None = None
     outputs: OutputConfig = field(default_factory=OutputConfig)
     intended_use: SiteIntendedUse = field(default_factory=SiteIntendedUse)
-    base_dir: Path | None = None
+    base_dir: Path | None = field(default=None, metadata={"internal": True})
+
+
+#: The keys that are paths (resolved against the configuration file's folder).
+PATH_KEYS = tuple(f.name for f in dataclasses.fields(AppConfig)
+                  if typing.get_type_hints(AppConfig)[f.name] == Path | None and not f.metadata.get("internal"))
 
 
 def app_config_from_dict(values: Mapping[str, Any] | None, base_dir: Path | None = None) -> AppConfig:
     """Build an :class:`AppConfig` from a mapping.
 
+    Args:
+        values: The settings (the ``app`` section of a shared settings file also works).
+        base_dir: Folder that relative paths resolve against (None: as written).
+
     Raises:
-        ConfigurationError: Unknown key or invalid value.
+        ConfigurationError: Unknown key or invalid value; the message names the key.
     """
-    values = dict(values or {})
-    known = {f.name for f in fields(AppConfig)} - {"base_dir"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigurationError(f"unknown configuration key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    kwargs: dict[str, Any] = {"base_dir": base_dir}
-    for key in _PATH_KEYS:
-        if values.get(key) is not None:
-            path = Path(str(values[key])).expanduser()
-            kwargs[key] = path if path.is_absolute() or base_dir is None else base_dir / path
-    if "device" in values:
-        kwargs["device"] = str(values["device"])
-    for key, choices in (("inference_engine", INFERENCE_ENGINE_CHOICES),
-                         ("inference_precision", INFERENCE_PRECISION_CHOICES)):
-        if key in values:
-            if str(values[key]) not in choices:
-                raise ConfigurationError(f"{key} must be one of {', '.join(choices)}, got {values[key]!r}")
-            kwargs[key] = str(values[key])
-    if "brain_extraction" in values:
-        method = str(values["brain_extraction"])
-        if method not in BRAIN_EXTRACTION_CHOICES:
-            raise ConfigurationError(f"brain_extraction must be one of {', '.join(BRAIN_EXTRACTION_CHOICES)}, "
-                                     f"got {method!r}")
-        kwargs["brain_extraction"] = method
-    for key, choices in (("hdbet_mode", HDBET_MODE_CHOICES), ("hdbet_input", HDBET_INPUT_CHOICES)):
-        if key in values:
-            value = str(values[key])
-            if value not in choices:
-                raise ConfigurationError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
-            kwargs[key] = value
-    if "hdbet_mirroring" in values:
-        mirroring = values["hdbet_mirroring"]
-        if mirroring not in (True, False, "auto", None):
-            raise ConfigurationError(f"hdbet_mirroring must be auto, true or false, got {mirroring!r}")
-        kwargs["hdbet_mirroring"] = mirroring if isinstance(mirroring, bool) else None
-    try:
-        kwargs["outputs"] = output_config_from_dict(values.get("outputs"))
-    except ValueError as exc:
-        raise ConfigurationError(f"outputs: {exc}") from exc
-    try:
-        kwargs["intended_use"] = SiteIntendedUse.from_dict(values.get("intended_use"))
-    except ValueError as exc:
-        raise ConfigurationError(f"intended_use: {exc}") from exc
-    return AppConfig(**kwargs)
+    values = dict(section(values or {}, "app") or {})
+    if values.get("hdbet_mirroring") == "auto":
+        values["hdbet_mirroring"] = None
+    config = build(AppConfig, values)
+    paths = {key: resolve_path(getattr(config, key), base_dir) for key in PATH_KEYS}
+    return dataclasses.replace(config, base_dir=base_dir, **paths)
 
 
 def runner_options(config: AppConfig) -> "RunnerOptions":
@@ -133,16 +98,13 @@ def runner_options(config: AppConfig) -> "RunnerOptions":
 def load_app_config(path: Path | str | None) -> AppConfig:
     """Read the configuration file (None: all defaults).
 
+    A shared settings file (sections ``app``/``node``/``training``) gives its
+    ``app`` section.
+
     Raises:
         ConfigurationError: Unreadable file, not a mapping, or invalid content.
     """
     if path is None:
         return AppConfig()
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigurationError(f"cannot read configuration {path.name}: {exc}") from exc
-    if data is not None and not isinstance(data, dict):
-        raise ConfigurationError(f"configuration {path.name} must be a mapping of keys to values")
-    return app_config_from_dict(data, base_dir=path.resolve().parent)
+    return app_config_from_dict(read_mapping(path), base_dir=path.resolve().parent)

@@ -62,6 +62,11 @@ class OutputConfig:
     model_card_summary: str | None = None
     model_card_summary_file: str | None = None
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "OutputConfig":
+        """The configuration from a mapping; see :func:`output_config_from_dict`."""
+        return output_config_from_dict(values)
+
     def model_card_text(self, base_dir: Path | None = None) -> str:
         """The model-card summary text (inline text wins over the file)."""
         if self.model_card_summary:

@@ -403,12 +403,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line for expected failures
-        from operators.errors import PipelineError
+        from operators.errors import ConfigurationError, PipelineError
         from training.cases import LabelsError
-        from training.config import TrainingConfigError
         from training.trainer import TrainingError
 
-        if isinstance(exc, (PipelineError, TrainingConfigError, TrainingError, FileNotFoundError, LabelsError)):
+        if isinstance(exc, ConfigurationError):  # the settings, not the data: exit 1, as the app and node
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, (PipelineError, TrainingError, FileNotFoundError, LabelsError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -32,33 +32,63 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
-import yaml
-
+from operators.errors import ConfigurationError
 from operators.model_grid import GridSpec
 from operators.model_manifest import parse_input_key
 from operators.networks import check_hyperparameters
+from operators.typed_config import build, check_keys, read_mapping, section
 
 TRAINING_FORMAT = "tsc-training/1"
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class TrainingConfigError(ValueError):
-    """An invalid training configuration (names the file and field)."""
+class TrainingConfigError(ConfigurationError, ValueError):
+    """An invalid training configuration (names the file and field); exit status 1."""
+
+    stage = "training configuration"
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How one member is trained (published recipes: WAE focal loss, eTSC BCE + augmentation)."""
 
-    loss: str = "focal"
+    loss: Literal["focal", "bce"] = "focal"
     lr: float = 1e-3
     batch_size: int = 4
     epochs: int = 100
     augment: bool = False
     focal_gamma: float = 2.0
     weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class _MemberEntry:
+    """A member as written in the file (``members.<name>``)."""
+
+    architecture: str
+    input: str
+    recipe: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _EnsembleEntry:
+    """An ensemble as written in the file (``ensembles.<name>``)."""
+
+    members: list[str]
+    weights: Any = "search"
+    threshold: Any = 0.5
+
+
+#: Top-level keys of a training configuration (``overrides`` is written by the command line).
+TOP_LEVEL_KEYS = ("format", "name", "version", "synthetic", "intended_use", "intended_population", "notes",
+                  "folds", "seed", "calibration", "grids", "recipes", "members", "ensembles", "primary",
+                  "overrides")
 
 
 @dataclass(frozen=True)
@@ -102,7 +132,11 @@ class TrainingConfig:
 
 
 def load_config(path_or_preset: str | Path) -> TrainingConfig:
-    """Load a config file, or a preset by name (``"published"``, ``"demo"``)."""
+    """Load a config file, or a preset by name (``"published"``, ``"demo"``).
+
+    A shared settings file (docs/configuration.md) gives its ``training`` section:
+    a mapping in this format, or the name of a preset or file.
+    """
     path = Path(path_or_preset)
     if not path.is_file():
         preset = PRESETS_DIR / f"{path_or_preset}.yaml"
@@ -110,10 +144,13 @@ def load_config(path_or_preset: str | Path) -> TrainingConfig:
             raise TrainingConfigError(f"{path_or_preset}: not a file and not a preset "
                                       f"({', '.join(p.stem for p in sorted(PRESETS_DIR.glob('*.yaml')))})")
         path = preset
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise TrainingConfigError(f"{path}: cannot be read ({exc})") from exc
+    data = section(read_mapping(path, error=TrainingConfigError), "training")
+    if data is None:
+        raise TrainingConfigError(f"{path}: the settings file has no training section")
+    if isinstance(data, str):
+        inner = Path(data).expanduser()
+        return load_config(inner if inner.is_absolute() or not (path.parent / inner).is_file()
+                           else path.parent / inner)
     return parse_config(data, source=str(path))
 
 
@@ -177,61 +214,63 @@ def apply_overrides(config: TrainingConfig, folds: int | None = None, epochs: st
 
 
 def parse_config(data: Any, source: str = "config") -> TrainingConfig:
+    """Build a :class:`TrainingConfig` from the file's mapping.
+
+    Raises:
+        TrainingConfigError: Unknown key, wrong type or inconsistent content, naming
+            ``source`` and the field.
+    """
+    def fail(what: str) -> TrainingConfigError:
+        return TrainingConfigError(f"{source}: {what}")
+
     def err(where: str, what: str) -> TrainingConfigError:
-        return TrainingConfigError(f"{source}: {where}: {what}")
+        return fail(f"{where}: {what}")
 
     if not isinstance(data, Mapping) or data.get("format") != TRAINING_FORMAT:
         raise err("format", f"must be {TRAINING_FORMAT!r}")
+    check_keys(data, TOP_LEVEL_KEYS, "", error=fail)
+
+    def typed(cls: type, value: Any, where: str) -> Any:
+        return build(cls, value, where, error=fail)
+
     try:
         grids = {n: GridSpec.from_dict(n, g) for n, g in (data.get("grids") or {}).items()}
     except ValueError as exc:
         raise err("grids", str(exc)) from exc
-    recipes: dict[str, Recipe] = {}
-    for rname, r in (data.get("recipes") or {}).items():
-        try:
-            r = dict(r)
-            for key, typ in (("lr", float), ("batch_size", int), ("epochs", int), ("focal_gamma", float),
-                             ("weight_decay", float)):
-                if key in r:
-                    r[key] = typ(r[key])  # YAML reads "1e-3" as a string
-            recipes[rname] = Recipe(**r)
-        except (TypeError, ValueError) as exc:
-            raise err(f"recipes.{rname}", str(exc)) from exc
-        if recipes[rname].loss not in ("focal", "bce"):
-            raise err(f"recipes.{rname}.loss", "must be focal or bce")
+    recipes = {str(rname): typed(Recipe, r, f"recipes.{rname}") for rname, r in (data.get("recipes") or {}).items()}
     members: dict[str, MemberConfig] = {}
     for mname, m in (data.get("members") or {}).items():
         where = f"members.{mname}"
+        entry = typed(_MemberEntry, m, where)
         try:
-            arch, key = m["architecture"], m["input"]
-            hp = dict(m.get("hyperparameters") or {})
-            check_hyperparameters(arch, hp)
-            _, grid = parse_input_key(key)
+            check_hyperparameters(entry.architecture, dict(entry.hyperparameters))
+            _, grid = parse_input_key(entry.input)
         except (KeyError, TypeError, ValueError) as exc:
             raise err(where, str(exc)) from exc
         if grid is not None and grid not in grids:
             raise err(f"{where}.input", f"grid {grid!r} not declared")
-        recipe = m.get("recipe")
-        if recipe not in recipes:
-            raise err(f"{where}.recipe", f"unknown recipe {recipe!r}")
-        members[mname] = MemberConfig(mname, arch, hp, key, recipes[recipe])
+        if entry.recipe not in recipes:
+            raise err(f"{where}.recipe", f"unknown recipe {entry.recipe!r}")
+        members[mname] = MemberConfig(mname, entry.architecture, dict(entry.hyperparameters), entry.input,
+                                      recipes[entry.recipe])
     if not members:
         raise err("members", "no members")
     ensembles: dict[str, EnsembleConfig] = {}
     for ename, e in (data.get("ensembles") or {}).items():
         where = f"ensembles.{ename}"
-        names = tuple(e.get("members") or ())
+        entry = typed(_EnsembleEntry, e, where)
+        names = tuple(entry.members)
         unknown = [n for n in names if n not in members]
         if not names or unknown:
             raise err(f"{where}.members", f"unknown or empty: {unknown or names}")
-        weights = e.get("weights", "search")
+        weights = entry.weights
         if isinstance(weights, Mapping):
             weights = {str(k): float(v) for k, v in weights.items()}
             if set(weights) != set(names) or abs(sum(weights.values()) - 1) > 1e-6:
                 raise err(f"{where}.weights", "explicit weights must cover the members and sum to 1")
         elif weights not in ("equal", "search"):
             raise err(f"{where}.weights", "must be 'equal', 'search' or a mapping")
-        threshold, rule = _threshold(e.get("threshold", 0.5), err, f"{where}.threshold")
+        threshold, rule = _threshold(entry.threshold, err, f"{where}.threshold")
         ensembles[ename] = EnsembleConfig(ename, names, weights, threshold, rule)
     if "name" not in data or not str(data["name"]).strip():
         raise err("name", "missing: the model set's name (e.g. name: site-epilepsy-v1)")

@@ -109,7 +109,7 @@ def main_serve(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return 1  # a configuration error exits 1, as in the app and training
     setup_logging(config.logging.format, config.logging.level)
     NodeService(config).run_forever()
     return 0

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from app.config import PATH_KEYS as APP_PATH_KEYS
+from app.config import app_config_from_dict, load_app_config
 from operators.errors import ConfigurationError
+from operators.typed_config import apply_env, build, is_settings_file, read_mapping, section
 
 ENV_PREFIX = "TSC_NODE_"
 # The configuration file's path (read by the command line), not a setting.
@@ -35,7 +36,7 @@ CONFIG_ENV = "TSC_NODE_CONFIG"
 APP_PROCESSOR = "app.pipeline:make_processor"
 MODEL_PATH_ENV = "HOLOSCAN_MODEL_PATH"
 # worker.options keys that are paths (the application configuration's path keys).
-WORKER_PATH_OPTIONS = ("models", "config", "hdbet_weights", "series_rules", "clinical_lookup")
+WORKER_PATH_OPTIONS = ("config", *APP_PATH_KEYS)
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 
 
@@ -128,6 +129,11 @@ class Destination:
     host: str
     port: int
     tls: bool = False
+
+    @classmethod
+    def from_dict(cls, value: Any) -> "Destination":
+        """A destination written ``AE@host:port`` or as a mapping of its fields."""
+        return cls.parse(value) if isinstance(value, str) else build(cls, value, "destination", error=ConfigError)
 
     @classmethod
     def parse(cls, text: str) -> "Destination":
@@ -234,107 +240,48 @@ class NodeConfig:
             raise ConfigError("logging.format must be 'json' or 'text'")
 
 
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    origin = typing.get_origin(typ)
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{where}: {value!r} is not a boolean")
-    if typ in (int, float, str):
-        try:
-            return typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {value!r} is not a {typ.__name__}") from None
-    if origin is list:
-        (item_type,) = typing.get_args(typ)
-        if isinstance(value, str):
-            value = [v for v in (p.strip() for p in value.split(",")) if v]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list")
-        if item_type is Destination:
-            return [Destination.parse(v) if isinstance(v, str) else _build(Destination, v, where)
-                    for v in value]
-        return [_coerce(v, item_type, where) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        return dict(value)
-    if dataclasses.is_dataclass(typ):
-        return _build(typ, value, where)
-    return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _apply_env(cfg: NodeConfig, environ: Mapping[str, str]) -> None:
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
-            continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
-        target: Any = cfg
-        for part in path[:-1]:
-            if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
-                raise ConfigError(f"{key}: no section {part!r}")
-            target = getattr(target, part)
-        leaf = path[-1]
-        if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
-            raise ConfigError(f"{key}: no setting {'.'.join(path)!r}")
-        hint = typing.get_type_hints(type(target))[leaf]
-        if typing.get_origin(hint) is dict:
-            raise ConfigError(f"{key}: mappings cannot be set from the environment")
-        setattr(target, leaf, _coerce(raw, hint, ".".join(path)))
-
-
 def load_config(path: str | os.PathLike[str] | None,
                 environ: Mapping[str, str] | None = None) -> NodeConfig:
     """Read the YAML file (if given), apply ``TSC_NODE_*`` overrides and validate.
+
+    The file is the node's own, or a shared settings file (docs/configuration.md):
+    then the ``node`` section configures the node and the ``app`` section is the
+    application configuration its worker runs with.
 
     Args:
         path: YAML configuration file, or None for defaults plus environment.
         environ: Environment to read overrides from (default ``os.environ``).
 
     Returns:
-        The validated configuration. A relative ``spool.dir`` is resolved against
-        the configuration file's folder.
+        The validated configuration. A relative ``spool.dir`` and the relative paths
+        of ``worker.options`` are resolved against the configuration file's folder.
 
     Raises:
-        ConfigError: The file or an override is invalid.
+        ConfigError: The file or an override is invalid; the message names the setting.
     """
     data: Any = {}
     base = Path.cwd()
+    app_section = None
     if path is not None:
         p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read configuration {p.name}: {exc}") from None
+        raw = read_mapping(p, error=ConfigError)
+        data = section(raw, "node") or {}
+        if is_settings_file(raw):
+            app_section = raw.get("app")
         base = p.resolve().parent
-    cfg: NodeConfig = _build(NodeConfig, data, "")
+    cfg: NodeConfig = build(NodeConfig, data, "", error=ConfigError)
     env = os.environ if environ is None else environ
-    _apply_env(cfg, env)
+    apply_env(cfg, ENV_PREFIX, env, ignore=(CONFIG_ENV,), error=ConfigError)
     spool = Path(cfg.spool.dir).expanduser()
     cfg.spool.dir = str(spool if spool.is_absolute() else base / spool)
     options = dict(cfg.worker.options)
+    if app_section is not None:
+        if options:
+            raise ConfigError("node.worker.options: the settings file has an app section; write the app's "
+                              "settings there only")
+        if not isinstance(app_section, Mapping):
+            raise ConfigError("app: expected a mapping of settings")
+        options = dict(app_section)
     if cfg.worker.processor == APP_PROCESSOR and not options.get("models") and not options.get("config") \
             and env.get(MODEL_PATH_ENV):
         options["models"] = env[MODEL_PATH_ENV]
@@ -345,23 +292,36 @@ def load_config(path: str | os.PathLike[str] | None,
             options[key] = str(path if path.is_absolute() else base / path)
     cfg.worker.options = options
     cfg.validate()
+    if cfg.worker.processor == APP_PROCESSOR:
+        _check_app_options(options, "app" if app_section is not None else "worker.options")
     return cfg
+
+
+def _check_app_options(options: Mapping[str, Any], where: str) -> None:
+    """Refuse at start-up (and in ``status``) application settings the worker would refuse."""
+    try:
+        if options.get("config"):
+            load_app_config(options["config"])
+        else:
+            app_config_from_dict(options)
+    except ConfigurationError as exc:
+        raise ConfigError(f"{where}: {exc.reason}") from None
 
 
 def config_reference() -> str:
     """Every setting with its default and environment variable, for ``--help`` and the docs."""
     lines = []
-    for section in dataclasses.fields(NodeConfig):
-        cls = section.type if isinstance(section.type, type) else typing.get_type_hints(NodeConfig)[section.name]
-        default = getattr(NodeConfig(), section.name)
+    for part in dataclasses.fields(NodeConfig):
+        cls = part.type if isinstance(part.type, type) else typing.get_type_hints(NodeConfig)[part.name]
+        default = getattr(NodeConfig(), part.name)
         for f in dataclasses.fields(cls):
             value = getattr(default, f.name)
             if dataclasses.is_dataclass(value):
                 for sub in dataclasses.fields(value):
-                    lines.append(f"  {section.name}.{f.name}.{sub.name} = {getattr(value, sub.name)!r}"
-                                 f"  [{ENV_PREFIX}{section.name.upper()}__{f.name.upper()}__{sub.name.upper()}]")
+                    lines.append(f"  {part.name}.{f.name}.{sub.name} = {getattr(value, sub.name)!r}"
+                                 f"  [{ENV_PREFIX}{part.name.upper()}__{f.name.upper()}__{sub.name.upper()}]")
                 continue
             env = "" if isinstance(value, dict) else \
-                f"  [{ENV_PREFIX}{section.name.upper()}__{f.name.upper()}]"
-            lines.append(f"  {section.name}.{f.name} = {value!r}{env}")
+                f"  [{ENV_PREFIX}{part.name.upper()}__{f.name.upper()}]"
+            lines.append(f"  {part.name}.{f.name} = {value!r}{env}")
     return "\n".join(lines)

@@ -47,7 +47,7 @@ def test_environment_overrides_scalars_lists_and_nested(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text, env, match", [
     (BASE + "\nbogus: 1\n", {}, "unknown setting"),
     (BASE, {"TSC_NODE_SCP__NOPE": "1"}, "no setting"),
-    (BASE, {"TSC_NODE_SCP__PORT": "abc"}, "not a int"),
+    (BASE, {"TSC_NODE_SCP__PORT": "abc"}, "not an integer"),
     (BASE, {"TSC_NODE_SCP__PORT": "70000"}, "out of range"),
     (BASE, {"TSC_NODE_SCP__AE_TITLE": "A" * 17}, "not a valid AE title"),
     (BASE, {"TSC_NODE_SCP__ALLOWED_CALLING_AES": ""}, "allowed_calling_aes"),

@@ -121,7 +121,7 @@ def test_train_resume_fuse_export_load_evaluate(cases_dir, tmp_path):
     assert (work / "members/flair_wae/fold0.state.pt").is_file()
     assert not (work / "members/flair_wae/fold0.best.pt").exists()
     assert main(["train", "--config", "no-such-preset", "--cases", "y", "--workdir", "z",
-                 "--no-progress"]) == 2  # unknown config: clear error, exit code 2
+                 "--no-progress"]) == 1  # unknown config: a configuration error, exit code 1
     resumed = train(config, cases_dir, work, members=["flair_wae"], progress=False)
     straight = train(config, cases_dir, tmp_path / "straight", members=["flair_wae"], progress=False)
     for k in range(2):

@@ -78,8 +78,13 @@ def test_config_without_name_names_the_field(tmp_path, capsys):
         parse_config(raw, source="site.yaml")
     cfg = tmp_path / "noname.yaml"
     cfg.write_text(yaml.safe_dump(raw))
-    assert main(["train", "--config", str(cfg), "--cases", str(tmp_path), "--workdir", str(tmp_path / "w")]) == 2
+    # a configuration error exits 1, as in the app and the node; bad data exits 2
+    assert main(["train", "--config", str(cfg), "--cases", str(tmp_path), "--workdir", str(tmp_path / "w")]) == 1
     assert "noname.yaml: name: missing" in capsys.readouterr().err
+    raw["name"], raw["members"]["clinical"]["recipie"] = "site", "clin"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(cfg), "--cases", str(tmp_path), "--workdir", str(tmp_path / "w")]) == 1
+    assert "unknown setting(s) in members.clinical: members.clinical.recipie" in capsys.readouterr().err
 
 
 def test_cases_from_another_grid_give_a_clear_error(tmp_path, capsys):
