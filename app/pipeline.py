@@ -319,6 +319,8 @@ def describe_result(result: StudyResult) -> str:
                                             if m.used else f"left out: {m.reason_left_out}"))
     for name, other in p.other_ensembles.items():
         lines.append(f"  {name}: fused probability {other.fused_score:.3f}")
+    for name, reason in p.withheld_ensembles.items():
+        lines.append(f"  {name}: no prediction ({reason})")
     if p.inference_engine:
         lines.append(f"  inference engine: {p.inference_engine}")
     if p.model_set_synthetic:

@@ -275,6 +275,8 @@ class Prediction:
         model_set_version: Version string of the model set.
         model_set_synthetic: True when the models were trained on synthetic data.
         other_ensembles: Results of non-primary ensembles, by name.
+        withheld_ensembles: Non-primary ensembles with no result, by name, with the reason
+            (withheld by the model set because they did not learn, or not computable for this study).
         model_set_name: Name of the model set (manifest ``name``).
         model_set_identity: SHA-256 over the manifest and its weight hashes; changes
             whenever the model set changes (use it to derive the device UID).
@@ -297,6 +299,7 @@ class Prediction:
     model_set_version: str = ""
     model_set_synthetic: bool = False
     other_ensembles: dict[str, "Prediction"] = field(default_factory=dict)
+    withheld_ensembles: dict[str, str] = field(default_factory=dict)
     model_set_name: str = ""
     model_set_identity: str = ""
     intended_use: str = ""

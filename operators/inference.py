@@ -626,10 +626,14 @@ class EnsembleRunner:
         for name, ens in ms.ensembles.items():
             if name == ms.primary:
                 continue
+            if ens.withheld:
+                primary.withheld_ensembles[name] = ens.withheld
+                continue
             try:
                 primary.other_ensembles[name] = self._finish(fuse(ens, scores, left_out, ms.members))
             except InferenceError as exc:
                 logger.warning("ensemble %s not reported: %s", name, exc.reason)
+                primary.withheld_ensembles[name] = f"not computed for this study: {exc.reason}"
         logger.info("%s fused score %.3f (members used %d/%d, renormalised=%s)", primary.ensemble,
                     primary.fused_score, int(primary.agreement["members_used"]),
                     int(primary.agreement["members_total"]), primary.weights_renormalised)

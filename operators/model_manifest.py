@@ -260,6 +260,8 @@ class EnsembleSpec:
         threshold: Decision threshold on the fused probability.
         description: Optional free text.
         threshold_info: How the threshold was chosen, when the manifest says (None: a plain number).
+        withheld: Why this ensemble's score is never reported (e.g. it did not pass the has-learned
+            test in training); empty for a reported ensemble. Reports then say "no prediction".
     """
 
     name: str
@@ -267,6 +269,7 @@ class EnsembleSpec:
     threshold: float = 0.5
     description: str = ""
     threshold_info: ThresholdInfo | None = None
+    withheld: str = ""
 
 
 @dataclass(frozen=True)
@@ -518,6 +521,9 @@ def _parse(data: Any, manifest_path: Path) -> ModelSet:
     primary = f.get(data, "primary", "", str)
     if primary not in ensembles:
         raise f.error("primary", f"{primary!r} is not an ensemble (have {sorted(ensembles)})")
+    if ensembles[primary].withheld:
+        raise f.error("primary", f"the primary ensemble {primary} is withheld ({ensembles[primary].withheld}): "
+                                 "a model set must be able to report its primary result")
 
     card = data.get("model_card")
     card_path = None
@@ -670,8 +676,12 @@ def _parse_ensemble(f: _Fields, name: str, edata: Any, members: Mapping[str, Mem
     if abs(total - 1.0) > 1e-6:
         raise f.error(f"{where}.weights", f"must sum to 1, sum is {total:.6g}")
     threshold, threshold_info = _parse_threshold(f, edata, where)
+    withheld = edata.get("withheld") or ""
+    if not isinstance(withheld, str):
+        raise f.error(f"{where}.withheld", f"must be the reason as text, got {withheld!r}")
     return EnsembleSpec(name=name, weights=weights, threshold=threshold,
-                        description=str(edata.get("description") or ""), threshold_info=threshold_info)
+                        description=str(edata.get("description") or ""), threshold_info=threshold_info,
+                        withheld=withheld.strip())
 
 
 def _parse_threshold(f: _Fields, edata: Mapping[str, Any], where: str) -> tuple[float, ThresholdInfo | None]:

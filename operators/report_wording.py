@@ -213,10 +213,11 @@ def series_lines(selected_series: Sequence[SelectedSeries]) -> list[str]:
 
 
 def other_ensemble_lines(prediction: Prediction) -> list[str]:
-    """The non-primary ensembles, one line each."""
+    """The non-primary ensembles, one line each; a withheld one says "no prediction" and why."""
     return [f"{name}: fused probability {prob(other.fused_score)} -> {outcome(other)}, "
             f"{confidence(other).category} (threshold {prob(other.threshold)})"
-            for name, other in (prediction.other_ensembles or {}).items()]
+            for name, other in (prediction.other_ensembles or {}).items()] + \
+        [f"{name}: no prediction ({reason})" for name, reason in (prediction.withheld_ensembles or {}).items()]
 
 
 def model_card_summary(card_text: str, limit: int = 900) -> str:

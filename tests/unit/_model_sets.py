@@ -43,11 +43,12 @@ def constant_output_net(architecture: str, probability: float | None, seed: int 
 
 def make_model_set(folder: Path, fold_probabilities: Mapping[str, Sequence[float | None]],
                    ensembles: Mapping[str, Mapping[str, float]] | None = None, primary: str = "WAE-Net",
-                   synthetic: bool = True, calibrations: Mapping[str, Mapping[str, object]] | None = None):
+                   synthetic: bool = True, calibrations: Mapping[str, Mapping[str, object]] | None = None,
+                   withheld: Mapping[str, str] | None = None):
     """Write a model set whose member ``m`` fold ``k`` always outputs ``fold_probabilities[m][k]``.
 
     ``None`` as a probability keeps the network's random last layer. ``calibrations`` gives members a
-    manifest ``calibration`` entry.
+    manifest ``calibration`` entry; ``withheld`` marks ensembles the set withholds, with the reason.
     """
     specs = {**WAE_MEMBERS, **ETSC_MEMBERS}
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def make_model_set(folder: Path, fold_probabilities: Mapping[str, Sequence[float
             ensembles["eTSC-Net"] = {"t2_etsc": 0.6, "flair_etsc": 0.4}
     meta = ModelSetExport(name="tiny-test-set", version="0.0.1", synthetic=synthetic,
                           intended_use="Unit tests only.", grids=TINY_GRIDS,
-                          ensembles=ensembles_mapping(ensembles), primary=primary)
+                          ensembles=ensembles_mapping(ensembles, withheld=withheld), primary=primary)
     model_set = write_model_set(folder / "set", meta, members, model_card_text="# Test model card\n")
     for f in folder.glob("src_*.pt"):
         f.unlink()
