@@ -32,15 +32,19 @@ from typing import Any, Sequence
 logger = logging.getLogger("training")
 
 
-def training_summary(workdir: Path, members: Sequence[str], folds: int) -> dict[str, list[dict[str, Any]]]:
-    """Fold summaries of finished members, read from the work folder."""
+def training_summary(workdir: Path, members: Sequence[str], folds: int,
+                     repeats: int = 1) -> dict[str, list[dict[str, Any]]]:
+    """Fold summaries of finished members (every repetition), read from the work folder."""
+    from training.trainer import fold_stem
+
     out: dict[str, list[dict[str, Any]]] = {}
     for m in members:
         out[m] = []
-        for k in range(folds):
-            p = workdir / "members" / m / f"fold{k}.oof.json"
-            if p.is_file():
-                out[m].append(json.loads(p.read_text())["summary"])
+        for r in range(repeats):
+            for k in range(folds):
+                p = workdir / "members" / m / f"{fold_stem(k, r)}.oof.json"
+                if p.is_file():
+                    out[m].append(json.loads(p.read_text())["summary"])
     return out
 
 
@@ -53,7 +57,7 @@ def _card_inputs(config, workdir: Path, evaluation: Path | None) -> dict[str, An
     split = json.loads((workdir / "split.json").read_text())
     runs = workdir / "provenance.json"
     return {"fusion": fusion, "evaluation": ev,
-            "training": training_summary(workdir, list(config.members), config.folds),
+            "training": training_summary(workdir, list(config.members), config.folds, config.repeats),
             "provenance": json.loads(runs.read_text()) if runs.is_file() else None,
             "held_out": held_out_check(ev.get("cases") or [], split.get("cases") or {}) if ev else None}
 
@@ -171,7 +175,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.export import MemberExport, ModelSetExport, ensembles_mapping, threshold_block, write_model_set
     from training.cases import cases_brain_extraction
-    from training.trainer import fold_weight_files
+    from training.trainer import TrainingError, fold_weight_files
 
     config = _config(args)
     workdir = Path(args.workdir)
@@ -181,8 +185,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                             fusion["members"].get(m.name, {}).get("calibration"))
                for m in config.members.values()]
     size_mb = sum(f.stat().st_size for m in members for f in m.fold_files) / 2**20
+    withheld = {n: e.get("withheld", "") for n, e in fusion["ensembles"].items()}
+    if withheld.get(config.primary):
+        raise TrainingError(f"primary ensemble {config.primary} is {withheld[config.primary]}; "
+                            "no model set is exported whose primary result would be meaningless")
     ensembles = ensembles_mapping({n: e["weights"] for n, e in fusion["ensembles"].items()},
-                                  {n: threshold_block(e, e["n_cases"]) for n, e in fusion["ensembles"].items()})
+                                  {n: threshold_block(e, e["n_cases"]) for n, e in fusion["ensembles"].items()},
+                                  withheld=withheld)
     preprocessing = {"grids": config.grids_mapping(), "stages": "operators/ (same code as the app)"}
     if args.cases:
         trained_with = cases_brain_extraction(Path(args.cases))
@@ -218,10 +227,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         rep = evaluate_model_set(args.model_set, args.cases, args.out, device=args.device or "auto",
                                  progress=not args.no_progress)
+        for cid, reason in rep["not_analysed"].items():
+            print(f"  not analysed {cid}: {reason}")
     print(f"{rep['n_cases']} cases; model set {rep['model_set']} {rep['version']}"
           f"{' (SYNTHETIC demo)' if rep['synthetic'] else ''}")
     for kind in ("members", "ensembles"):
         for name, m in rep[kind].items():
+            if "withheld" in m:
+                print(f"  {name:12s} no prediction: withheld by the model set ({m['withheld']})")
+                continue
             print(f"  {name:12s} AUC {m['auc']:.3f} ({m['auc_ci_low']:.3f}-{m['auc_ci_high']:.3f}) "
                   f"ACC {m['accuracy']:.3f} SEN {m['sensitivity']:.3f} SPE {m['specificity']:.3f} "
                   f"Brier {m['brier']:.3f}")

@@ -9,6 +9,7 @@ Format (``tsc-training/1``)::
     intended_use: >- ...
     intended_population: {age_years: {min: 0, max: 18}, required_series: [T2, FLAIR]}
     folds: 5
+    repeats: 1                # repetitions of the nested split (out-of-fold predictions averaged over them)
     seed: 0
     calibration: platt        # or none (default): Platt scaling per member on out-of-fold predictions
     grids: {wae: {shape: [...], spacing_mm: [...]}, ...}     # as in the model manifest
@@ -87,7 +88,7 @@ class _EnsembleEntry:
 
 #: Top-level keys of a training configuration (``overrides`` is written by the command line).
 TOP_LEVEL_KEYS = ("format", "name", "version", "synthetic", "intended_use", "intended_population", "notes",
-                  "folds", "seed", "calibration", "grids", "recipes", "members", "ensembles", "primary",
+                  "folds", "repeats", "seed", "calibration", "grids", "recipes", "members", "ensembles", "primary",
                   "overrides")
 
 
@@ -126,6 +127,7 @@ class TrainingConfig:
     intended_population: dict[str, Any] | None = None  # manifest form (operators.intended_use)
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 1  # repetitions of the nested split; out-of-fold predictions are averaged over them
 
     def grids_mapping(self) -> dict[str, dict[str, Any]]:
         return {n: {"shape": list(g.shape), "spacing_mm": list(g.spacing_mm)} for n, g in self.grids.items()}
@@ -290,9 +292,12 @@ def parse_config(data: Any, source: str = "config") -> TrainingConfig:
     folds = int(data.get("folds", 5))
     if folds < 2:
         raise err("folds", "at least 2")
+    repeats = data.get("repeats", 1)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise err("repeats", f"a whole number of at least 1, got {repeats!r}")
     return TrainingConfig(name=str(data["name"]), version=str(data.get("version", "0.1.0")),
                           synthetic=bool(data.get("synthetic", False)),
                           intended_use=str(data.get("intended_use", "")).strip(), folds=folds,
                           seed=int(data.get("seed", 0)), grids=grids, members=members, ensembles=ensembles,
                           primary=primary, calibration=calibration, notes=str(data.get("notes", "")).strip(),
-                          intended_population=population, source=source, raw=dict(data))
+                          intended_population=population, source=source, raw=dict(data), repeats=repeats)

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from operators.datatypes import Prediction
+from operators.errors import InferenceError
 from operators.inference import EnsembleRunner, MemberInputs, RunnerOptions, fuse
 from operators.model_manifest import load_model_set
 from training.cases import check_grids, list_cases, load_case
@@ -45,6 +46,10 @@ SCHEME = ("nested cross-validation: outer folds by StratifiedGroupKFold (stratif
           "and the threshold are cross-fitted for the reported out-of-fold metrics (fitted on the other outer "
           "folds' predictions, applied to the fold's own); the exported values are fitted on all out-of-fold "
           "predictions.")
+REPEATED = (" The nested split was made {r} times with different seeds; each case's out-of-fold prediction is "
+            "the average of its {r} out-of-fold predictions (one per repetition, each from the model that did not "
+            "see it), as the app averages the {k} fold models of the first repetition, the ones exported. "
+            "Cross-fitting uses the first repetition's folds.")
 
 
 def fuse_oof(config: TrainingConfig, workdir: str | Path, n_boot: int = 2000) -> dict[str, Any]:
@@ -55,7 +60,7 @@ def fuse_oof(config: TrainingConfig, workdir: str | Path, n_boot: int = 2000) ->
     workdir = Path(workdir)
     split = json.loads((workdir / "split.json").read_text())
     fold_of = {c: k for k, ids in enumerate(split["folds"]) for c in ids}
-    oof = {m: load_oof(workdir, m, config.folds) for m in config.members}
+    oof = {m: load_oof(workdir, m, config.folds, config.repeats) for m in config.members}
     all_cases = sorted(fold_of)
     ens_members = {n: list(e.members) for n, e in config.ensembles.items()}
     final = fit_fusion(config, oof, n_boot=n_boot)
@@ -75,7 +80,8 @@ def fuse_oof(config: TrainingConfig, workdir: str | Path, n_boot: int = 2000) ->
             fold_thresholds[n].append(t)
             fold_excluded[n].append(sorted(fit.ensembles[n].excluded))
             calls[n].update({c: int(v >= t) for c, v in scored[n].items()})
-    result: dict[str, Any] = {"scheme": SCHEME, "split": {"scheme": split.get("scheme"),
+    scheme = SCHEME if config.repeats == 1 else SCHEME + REPEATED.format(r=config.repeats, k=config.folds)
+    result: dict[str, Any] = {"scheme": scheme, "split": {"scheme": split.get("scheme"),
                                                           "n_patients": split.get("n_patients"),
                                                           "counts": split.get("counts")},
                               "members": {}, "ensembles": {}}
@@ -104,7 +110,8 @@ def fuse_oof(config: TrainingConfig, workdir: str | Path, n_boot: int = 2000) ->
             "excluded": ef.excluded, "searched_weights": ef.searched_weights, "searched_oof_auc": ef.searched_auc,
             "threshold": ef.threshold, "threshold_rule": ens.threshold_rule or {"rule": "fixed"},
             "threshold_rule_text": describe_rule(ens.threshold_rule), "fold_thresholds": fold_thresholds[name],
-            "fold_excluded": fold_excluded[name], "warnings": ef.warnings, "n_cases": len(ids),
+            "fold_excluded": fold_excluded[name], "warnings": ef.warnings, "withheld": ef.withheld,
+            "n_cases": len(ids),
             "oof_metrics": metrics.as_dict(),
             # the same fit applied to the predictions it was fitted on: optimistic, shown for comparison only
             "in_sample_metrics": evaluate_scores(y_in, [in_sample[c] for c in ids_in], threshold=ef.threshold,
@@ -128,7 +135,7 @@ def evaluate_model_set(model_set_dir: str | Path, cases_dir: str | Path, out_dir
     files = list_cases(cases_dir)
     if not files:
         raise ValueError(f"{cases_dir}: no case files")
-    rows = []
+    rows, not_analysed = [], {}
     for path in tqdm(files, desc="evaluate", unit="case", disable=not progress):
         case = load_case(path)
         check_grids(case.meta, model_set.grids, path.name)
@@ -140,12 +147,28 @@ def evaluate_model_set(model_set_dir: str | Path, cases_dir: str | Path, out_dir
                                "study_uid": case.meta.get("study_uid"), "patient_key": case.meta.get("patient_key")}
         for m, s in scores.items():
             row[m] = float(np.mean(s))
-        for name, ens in model_set.ensembles.items():
-            pred: Prediction = fuse(ens, scores, left_out, model_set.members)
-            row[name] = pred.fused_score
-            row[f"{name}:renormalised"] = pred.weights_renormalised
+        try:
+            for name, ens in model_set.ensembles.items():
+                if ens.withheld:
+                    continue  # as in the app: no score is reported for it
+                try:
+                    pred: Prediction = fuse(ens, scores, left_out, model_set.members)
+                except InferenceError:
+                    if name == model_set.primary:
+                        raise
+                    continue  # as in the app: this ensemble has no result for this case
+                row[name] = pred.fused_score
+                row[f"{name}:renormalised"] = pred.weights_renormalised
+        except InferenceError as exc:  # the app would call the study not analysable
+            not_analysed[case.case_id] = exc.reason
+            continue
         rows.append(row)
-    return write_report(rows, model_set, out_dir, n_boot)
+    if not rows:
+        raise ValueError(f"{cases_dir}: no case could be scored")
+    report = write_report(rows, model_set, out_dir, n_boot)
+    report["not_analysed"] = not_analysed
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 _PIPELINE: Any = None  # one StudyPipeline per evaluation worker process
@@ -269,12 +292,16 @@ def write_report(rows: list[dict[str, Any]], model_set: Any, out_dir: Path, n_bo
             report["members"][m] = evaluate_scores([r["label"] for r in have], [r[m] for r in have],
                                                    n_boot=n_boot).as_dict()
     for name, ens in model_set.ensembles.items():
-        s = [r[name] for r in rows]
-        report["ensembles"][name] = evaluate_scores(y, s, threshold=ens.threshold, n_boot=n_boot).as_dict()
-        report["ensembles"][name]["renormalised_cases"] = sum(bool(r[f"{name}:renormalised"]) for r in rows)
+        if ens.withheld:
+            report["ensembles"][name] = {"withheld": ens.withheld}
+            continue
+        have = [r for r in rows if name in r]
+        y_e, s = [r["label"] for r in have], [r[name] for r in have]
+        report["ensembles"][name] = evaluate_scores(y_e, s, threshold=ens.threshold, n_boot=n_boot).as_dict()
+        report["ensembles"][name]["renormalised_cases"] = sum(bool(r[f"{name}:renormalised"]) for r in have)
         rule = ens.threshold_info.rule if ens.threshold_info else "fixed"
         report["ensembles"][name]["threshold_rule"] = rule
-        curves[name] = (y, s)
+        curves[name] = (y_e, s)
     report["primary"] = model_set.primary
     roc_plot(curves, out_dir / "roc.png", title=f"ROC on {len(rows)} evaluated cases",
              operating_points={n: e.threshold for n, e in model_set.ensembles.items()})

@@ -111,8 +111,17 @@ def threshold_block(fused: Mapping[str, Any], n_cases: int) -> dict[str, Any] | 
 
 
 def ensembles_mapping(ensembles: Mapping[str, Mapping[str, float]], thresholds: Mapping[str, Any] | None = None,
-                      descriptions: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """Build the manifest's ``ensembles`` mapping from weights per ensemble."""
+                      descriptions: Mapping[str, str] | None = None,
+                      withheld: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Build the manifest's ``ensembles`` mapping from weights per ensemble.
+
+    Args:
+        ensembles: Member weights per ensemble.
+        thresholds: Threshold (number or block) per ensemble.
+        descriptions: Free text per ensemble.
+        withheld: Why an ensemble's score must not be reported (it has not learned); the app
+            then reports "no prediction" with this reason instead of a probability.
+    """
     out: dict[str, dict[str, Any]] = {}
     for name, weights in ensembles.items():
         t = (thresholds or {}).get(name, 0.5)
@@ -123,5 +132,7 @@ def ensembles_mapping(ensembles: Mapping[str, Mapping[str, float]], thresholds: 
                                  "threshold": dict(t) if isinstance(t, Mapping) else float(t)}
         if descriptions and name in descriptions:
             entry["description"] = descriptions[name]
+        if withheld and withheld.get(name):
+            entry["withheld"] = withheld[name]
         out[name] = entry
     return out

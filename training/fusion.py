@@ -100,6 +100,7 @@ class EnsembleFit:
     searched_weights: dict[str, float] | None = None
     searched_auc: float | None = None
     warnings: list[str] = field(default_factory=list)
+    withheld: str = ""  # why the ensemble's score is not reported at all (no member has learned)
 
 
 @dataclass
@@ -148,9 +149,13 @@ def fit_fusion(config: TrainingConfig, preds: Predictions, n_boot: int = 2000) -
         excluded = {m: members[m].reason or "" for m in ens.members if not members[m].learned}
         kept = [m for m in ens.members if m not in excluded]
         warnings: list[str] = []
+        withheld = ""
         if not kept:
             kept, excluded = list(ens.members), {}
             warnings.append(f"no member of {name} passed the has-learned test: its scores carry no shown information")
+            withheld = ("not shown to have learned: no member's out-of-fold AUC 95% CI excluded chance ("
+                        + "; ".join(f"{m} {members[m].auc:.2f}, {members[m].auc_ci[0]:.2f}-{members[m].auc_ci[1]:.2f}"
+                                    for m in ens.members) + ")")
         common = sorted(set.intersection(*(set(preds[m]) for m in kept)))
         y = [preds[kept[0]][c][0] for c in common]
         scores = {m: [members[m].apply(preds[m][c][1]) for c in common] for m in kept}
@@ -171,7 +176,7 @@ def fit_fusion(config: TrainingConfig, preds: Predictions, n_boot: int = 2000) -
                 threshold = choose_threshold(y, fused, ens.threshold_rule)
             except ValueError as exc:
                 warnings.append(f"threshold rule not applied ({exc}); fixed {ens.threshold} used")
-        ensembles[name] = EnsembleFit(weights, excluded, threshold, searched, searched_auc, warnings)
+        ensembles[name] = EnsembleFit(weights, excluded, threshold, searched, searched_auc, warnings, withheld)
     return FusionFit(members, ensembles)
 
 

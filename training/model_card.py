@@ -118,7 +118,9 @@ def render_model_card(config: TrainingConfig, training: Mapping[str, Sequence[Ma
     # --- validation scheme ------------------------------------------------------------------------------------
     overrides = (config.raw or {}).get("overrides") or {}
     out += ["## Validation scheme", "", fusion.get("scheme", "(not recorded)"), "",
-            f"{config.folds} outer folds, seed {config.seed}"
+            f"{config.folds} outer folds"
+            + (f", {config.repeats} repetitions of the nested split" if config.repeats > 1 else "")
+            + f", seed {config.seed}"
             + (f"; command-line overrides of the config: {overrides}" if overrides else "") + ".", ""]
     if counts:
         out += ["| fold | outer fold (uncontrolled/controlled) | inner validation | inner training |",
@@ -149,7 +151,8 @@ def render_model_card(config: TrainingConfig, training: Mapping[str, Sequence[Ma
             "| --- | --- | --- | --- | --- | --- |"]
     for m, folds in training.items():
         for f in folds:
-            out.append(f"| {m} | {f.get('fold')} | {f.get('best_epoch')}/{f.get('epochs')} | "
+            fold = f"{f.get('fold')}" + (f" (repetition {f['repeat']})" if f.get("repeat") else "")
+            out.append(f"| {m} | {fold} | {f.get('best_epoch')}/{f.get('epochs')} | "
                        f"{_fmt(f.get('best_val_auc'))} | {_fmt(f.get('outer_auc'))} | "
                        f"{f.get('n_train')}/{f.get('n_val')}/{f.get('n_outer', '?')} |")
     out += ["", "## Members: has-learned test and calibration", "",
@@ -201,8 +204,12 @@ def render_model_card(config: TrainingConfig, training: Mapping[str, Sequence[Ma
             title = f"## Held-out evaluation ({evaluation['n_cases']} cases, checked: none was a training case)"
         else:
             title = f"## Evaluation ({evaluation['n_cases']} cases; NOT shown to be held out)"
-        ev_rows = {**evaluation.get("members", {}), **evaluation.get("ensembles", {})}
+        ev_withheld = {n: e["withheld"] for n, e in evaluation.get("ensembles", {}).items() if "withheld" in e}
+        ev_rows = {**evaluation.get("members", {}),
+                   **{n: e for n, e in evaluation.get("ensembles", {}).items() if n not in ev_withheld}}
         out += [title, "", _metrics_table(ev_rows), ""]
+        out += [f"{n}: no held-out score; the model set withholds it ({why}), as the app does." for n, why in
+                ev_withheld.items()] + ([""] if ev_withheld else [])
         out += ["How it was checked: the evaluated studies' case ids, StudyInstanceUIDs and pseudonymous patient "
                 "keys were compared with the training cases': "
                 f"{len(check.get('same_case_id', []))} same case id, {len(check.get('same_study_uid', []))} same "
@@ -220,7 +227,7 @@ def render_model_card(config: TrainingConfig, training: Mapping[str, Sequence[Ma
         out += ["", "### Out-of-fold vs held-out", "", "| ensemble | out-of-fold AUC (95% CI) | held-out AUC (95% CI) | "
                 "difference | smaller CI half-width |", "| --- | --- | --- | --- | --- |"]
         for n, e in ensembles.items():
-            if n in evaluation.get("ensembles", {}):
+            if n in ev_rows:
                 a, b = e["oof_metrics"], evaluation["ensembles"][n]
                 out.append(f"| {n} | {_ci(a, 'auc')} | {_ci(b, 'auc')} | {_fmt(b['auc'] - a['auc'])} | "
                            f"{_fmt(min(_half_width(a), _half_width(b)))} |")
@@ -292,6 +299,9 @@ def _limitations(config: TrainingConfig, fusion: Mapping[str, Any], evaluation: 
         if e.get("excluded"):
             out.append(f"- {name}: {', '.join(e['excluded'])} did not pass the has-learned test and carry no weight; "
                        "the ensemble rests on the remaining members.")
+        if e.get("withheld"):
+            out.append(f"- {name} is **withheld**: {e['withheld']}. The app reports \"no prediction\" for it "
+                       "instead of a probability.")
     not_learned = [n for n, m in fusion.get("members", {}).items() if not m.get("learned", True)]
     if not_learned:
         out.append(f"- Members not shown to have learned: {', '.join(not_learned)}.")
@@ -305,6 +315,15 @@ def _limitations(config: TrainingConfig, fusion: Mapping[str, Any], evaluation: 
         out.append(f"- The held-out evaluation has {evaluation['n_cases']} cases ({ev_pos} uncontrolled, "
                    f"{evaluation['n_cases'] - ev_pos} controlled) from the same source as the training data: it is "
                    "internal, not external, validation.")
+        for name, e in fusion.get("ensembles", {}).items():
+            held = evaluation.get("ensembles", {}).get(name) or {}
+            if "auc" not in held:
+                continue
+            a, gap = e["oof_metrics"], held["auc"] - e["oof_metrics"]["auc"]
+            if abs(gap) >= min(_half_width(a), _half_width(held)):
+                out.append(f"- {name}: the held-out AUC ({_fmt(held['auc'])}) is {'above' if gap > 0 else 'below'} "
+                           f"the out-of-fold AUC ({_fmt(a['auc'])}) by {_fmt(abs(gap))}, more than the smaller CI "
+                           "half-width: the two estimates disagree, and neither should be quoted alone.")
     out.append("- Scores are calibrated to the training population's prevalence; another population needs "
                "recalibration and a threshold chosen on its own data.")
     out.append("- A member whose input is missing is left out and the remaining weights renormalised; such results "

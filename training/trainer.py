@@ -18,7 +18,17 @@ chosen by AUC on the inner validation part; only the chosen model then predicts
 the outer fold, once. Those predictions are the out-of-fold predictions that
 calibration, fusion, threshold and metrics use (``training.evaluation``).
 
-Each epoch seeds torch and numpy from (seed, member, fold, epoch), so a run
+Repeated (``repeats: R`` in the config, default 1): the whole nested split is made
+R times with different seeds, and every case gets R out-of-fold predictions, one
+from each repetition's model that did not see it. Their average is the case's
+out-of-fold prediction. At inference the app averages the ``folds`` models of
+repetition 0, so with ``repeats`` equal to ``folds`` the out-of-fold prediction
+is, like the deployed one, an average of as many models, each trained on as many
+cases. A single fold model predicts worse than an average of several, so with
+``repeats: 1`` the out-of-fold numbers understate the deployed set. Repetitions
+r > 0 are written ``repeat<r>.fold<k>.*``; only repetition 0's weights are exported.
+
+Each epoch seeds torch and numpy from (seed, member, [repetition,] fold, epoch), so a run
 resumed from a state file continues exactly as an uninterrupted run would.
 The state file is replaced atomically after every epoch; a fold whose
 ``best.pt`` and ``oof.json`` exist is skipped.
@@ -176,9 +186,15 @@ def _atomic_write_text(text: str, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def fold_stem(fold: int, repeat: int = 0) -> str:
+    """File-name stem of one fold model: ``fold<k>`` (repetition 0) or ``repeat<r>.fold<k>``."""
+    return f"fold{fold}" if repeat == 0 else f"repeat{repeat}.fold{fold}"
+
+
 def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, val_idx: np.ndarray,
                fold: int, folder: Path, seed: int, device: torch.device, progress: bool = True,
-               stop_after_epochs: int | None = None, outer_idx: np.ndarray | None = None) -> dict[str, Any]:
+               stop_after_epochs: int | None = None, outer_idx: np.ndarray | None = None,
+               repeat: int = 0) -> dict[str, Any]:
     """Train one fold (resuming from its state file) and write its best weights and OOF predictions.
 
     Args:
@@ -188,17 +204,21 @@ def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, va
             predictions). None: the validation cases (the previous, optimistic scheme; tests only).
         stop_after_epochs: Stop (as if interrupted) after this many epochs in this
             call; the state file allows resuming. For tests and time-boxed runs.
+        repeat: The repetition of the nested split (0 is the one exported).
 
     Returns:
         Summary: best epoch, best validation AUC, epochs run, seconds.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    state_path, best_path, oof_path = (folder / f"fold{fold}.state.pt", folder / f"fold{fold}.best.pt",
-                                       folder / f"fold{fold}.oof.json")
+    stem = fold_stem(fold, repeat)
+    state_path, best_path, oof_path = (folder / f"{stem}.state.pt", folder / f"{stem}.best.pt",
+                                       folder / f"{stem}.oof.json")
+    # repetition 0 keeps the seeds of unrepeated runs, so adding repetitions never changes it
+    seed_parts: tuple[Any, ...] = (member.name,) if repeat == 0 else (member.name, f"repeat{repeat}")
     if best_path.is_file() and oof_path.is_file():
         return json.loads(oof_path.read_text())["summary"]
     recipe = member.recipe
-    torch.manual_seed(_seed(seed, member.name, fold, "init"))
+    torch.manual_seed(_seed(seed, *seed_parts, fold, "init"))
     net = build_network(member.architecture, member.hyperparameters).to(device)
     if data.clinical:
         xs = net.transform_inputs(data.x[train_idx])
@@ -214,19 +234,19 @@ def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, va
         net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         state = saved["progress"]
-        logger.info("%s fold %d: resuming after epoch %d", member.name, fold, state["epoch"])
+        logger.info("%s %s: resuming after epoch %d", member.name, stem, state["epoch"])
     y_train = torch.tensor(data.labels[train_idx], dtype=torch.float32)
     x_val, y_val = data.x[val_idx], data.labels[val_idx]
     epochs_this_call = 0
-    bar = tqdm(range(state["epoch"], recipe.epochs), desc=f"{member.name} fold {fold}", unit="epoch",
+    bar = tqdm(range(state["epoch"], recipe.epochs), desc=f"{member.name} {stem}", unit="epoch",
                initial=state["epoch"], total=recipe.epochs, disable=not progress, leave=False, position=1)
     for epoch in bar:
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             bar.close()
             return {"interrupted_after_epoch": state["epoch"]}
         t0 = time.perf_counter()
-        torch.manual_seed(_seed(seed, member.name, fold, epoch))
-        rng = np.random.default_rng(_seed(seed, member.name, fold, epoch, "data"))
+        torch.manual_seed(_seed(seed, *seed_parts, fold, epoch))
+        rng = np.random.default_rng(_seed(seed, *seed_parts, fold, epoch, "data"))
         order = rng.permutation(len(train_idx))
         net.train()
         losses = []
@@ -266,7 +286,7 @@ def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, va
     outer = val_idx if outer_idx is None else outer_idx
     y_out = data.labels[outer]
     p_out = _predict(net, data.x[outer], device)
-    summary = {"fold": fold, "best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
+    summary = {"fold": fold, "repeat": repeat, "best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"],
                "epochs": state["epoch"], "seconds": round(state["seconds"], 1), "n_train": int(len(train_idx)),
                "n_val": int(len(val_idx)), "n_outer": int(len(outer)),
                "n_outer_positive": int(y_out.sum()),
@@ -275,13 +295,15 @@ def train_fold(member: MemberConfig, data: MemberData, train_idx: np.ndarray, va
     oof = {"summary": summary, "case_ids": [data.case_ids[i] for i in outer], "labels": y_out.tolist(),
            "scores": p_out.tolist(), "history": state["history"]}
     _atomic_write_text(json.dumps(oof, indent=1), oof_path)
-    logger.debug("%s fold %d: best epoch %d, inner validation AUC %.3f", member.name, fold, state["best_epoch"],
+    logger.debug("%s %s: best epoch %d, inner validation AUC %.3f", member.name, stem, state["best_epoch"],
                  state["best_auc"])
     return summary
 
 
-# Config keys that do not change the trained networks (fusion, threshold and wording are re-done by fuse/export).
-_NOT_TRAINING_KEYS = ("name", "version", "notes", "intended_use", "ensembles", "primary", "calibration")
+# Config keys that do not change the trained networks (fusion, threshold and wording are re-done by fuse/export;
+# more repetitions add networks and leave the existing ones as they are).
+_NOT_TRAINING_KEYS = ("name", "version", "notes", "intended_use", "intended_population", "ensembles", "primary",
+                      "calibration", "repeats")
 
 
 def _training_keys(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -297,9 +319,16 @@ def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> d
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "config.yaml"
     if cfg_path.is_file():
-        if _training_keys(yaml.safe_load(cfg_path.read_text())) != _training_keys(config.raw):
+        saved = yaml.safe_load(cfg_path.read_text())
+        if _training_keys(saved) != _training_keys(config.raw):
             raise TrainingError(f"{workdir}: was started with a different config (or other --folds/--epochs); "
                                 "use a new work folder")
+        had = int(saved.get("repeats", 1))
+        if config.repeats < had:
+            raise TrainingError(f"{workdir}: has {had} repetitions, the config asks for {config.repeats}; "
+                                "use a new work folder for fewer")
+        if config.repeats > had:  # repetitions are added; the trained ones stay as they are
+            cfg_path.write_text(yaml.safe_dump({**saved, "repeats": config.repeats}, sort_keys=False))
     else:
         cfg_path.write_text(yaml.safe_dump(config.raw, sort_keys=False))
     files = list_cases(cases_dir)
@@ -326,13 +355,28 @@ def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> d
                                 "use a new work folder")
         if sorted(c for f in split["folds"] for c in f) != sorted(ids):
             raise TrainingError(f"{workdir}: the case set changed since the split was made")
-        return split
+    else:
+        split = {"seed": config.seed, "scheme": "nested StratifiedGroupKFold (group = patient key)",
+                 "n_patients": len(set(groups)), **_nested_split(labels, groups, ids, config, 0),
+                 "cases": known}
+    repeats = split.setdefault("repeats", [])
+    for r in range(len(repeats) + 1, config.repeats):
+        repeats.append(_nested_split(labels, groups, ids, config, r))
+    _atomic_write_text(json.dumps(split, indent=1), split_path)
+    return split
+
+
+def _nested_split(labels: Sequence[int], groups: Sequence[str], ids: Sequence[str], config: TrainingConfig,
+                  repeat: int) -> dict[str, Any]:
+    """Outer folds, each fold's inner validation cases and class counts, for one repetition."""
     y = np.asarray(labels)
-    outer = grouped_folds(y, groups, config.folds, config.seed)
+    seed = config.seed if repeat == 0 else _seed(config.seed, "repeat", repeat)
+    outer = grouped_folds(y, groups, config.folds, seed)
     folds, inner, counts = [], [], []
     for k, test in enumerate(outer):
         rest = np.setdiff1d(np.arange(len(ids)), test)
-        inner_folds = grouped_folds(y[rest], [groups[i] for i in rest], config.folds, _seed(config.seed, "inner", k))
+        inner_seed = _seed(config.seed, "inner", k) if repeat == 0 else _seed(seed, "inner", k)
+        inner_folds = grouped_folds(y[rest], [groups[i] for i in rest], config.folds, inner_seed)
         inner_val = rest[inner_folds[0]]
         folds.append([ids[i] for i in test])
         inner.append([ids[i] for i in sorted(inner_val)])
@@ -340,11 +384,13 @@ def prepare_workdir(config: TrainingConfig, cases_dir: Path, workdir: Path) -> d
                        "inner_validation": {"n": len(inner_val), "uncontrolled": int(y[inner_val].sum())},
                        "inner_training": {"n": len(rest) - len(inner_val),
                                           "uncontrolled": int(y[rest].sum() - y[inner_val].sum())}})
-    split = {"seed": config.seed, "scheme": "nested StratifiedGroupKFold (group = patient key)",
-             "n_patients": len(set(groups)), "folds": folds, "inner_validation": inner, "counts": counts,
-             "cases": known}
-    split_path.write_text(json.dumps(split, indent=1))
-    return split
+    return {"folds": folds, "inner_validation": inner, "counts": counts}
+
+
+def split_repetitions(split: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each repetition's ``folds``/``inner_validation``/``counts`` (repetition 0 first)."""
+    first = {k: split[k] for k in ("folds", "inner_validation", "counts")}
+    return [first, *split.get("repeats", [])]
 
 
 def train(config: TrainingConfig, cases_dir: str | Path, workdir: str | Path, members: Sequence[str] | None = None,
@@ -376,35 +422,39 @@ def train(config: TrainingConfig, cases_dir: str | Path, workdir: str | Path, me
         raise TrainingError(f"unknown member(s) {unknown}; the config has {list(config.members)}")
     split = prepare_workdir(config, cases_dir, workdir)
     files = list_cases(cases_dir)
-    fold_of = {cid: k for k, ids in enumerate(split["folds"]) for cid in ids}
-    inner_of = [set(v) for v in split["inner_validation"]]
+    repetitions = split_repetitions(split)[:config.repeats]
     wanted = sorted(set(folds)) if folds is not None else list(range(config.folds))
     bad = [k for k in wanted if not 0 <= k < config.folds]
     if bad:
         raise TrainingError(f"--fold {bad}: folds are numbered 0..{config.folds - 1}")
     results: dict[str, Any] = {}
-    overall = tqdm(total=len(names) * len(wanted), desc="training (member folds)", unit="fold",
+    overall = tqdm(total=len(names) * len(wanted) * len(repetitions), desc="training (member folds)", unit="fold",
                    disable=not progress, position=0)
     for name in names:
         member = config.members[name]
         data = MemberData.load(member, files)
-        folds_of_cases = np.array([fold_of[c] for c in data.case_ids])
         results[name] = []
-        for k in wanted:
-            overall.set_postfix_str(f"{name} fold {k}")
-            outer_idx = np.flatnonzero(folds_of_cases == k)
-            rest = np.flatnonzero(folds_of_cases != k)
-            is_inner = np.array([data.case_ids[i] in inner_of[k] for i in rest], dtype=bool)
-            train_idx, val_idx = rest[~is_inner], rest[is_inner]
-            for part, idx in (("outer fold", outer_idx), ("inner validation", val_idx)):
-                if len(set(data.labels[idx].tolist())) < 2:
-                    raise TrainingError(f"member {name} fold {k}: the {part} has {len(idx)} case(s) of one "
-                                        "class only (too few usable cases for this member)")
-            if len(train_idx) < 2:
-                raise TrainingError(f"member {name} fold {k}: not enough training cases")
-            results[name].append(train_fold(member, data, train_idx, val_idx, k, workdir / "members" / name,
-                                            config.seed, dev, progress, stop_after_epochs, outer_idx=outer_idx))
-            overall.update(1)
+        for r, rep in enumerate(repetitions):
+            fold_of = {cid: k for k, ids in enumerate(rep["folds"]) for cid in ids}
+            folds_of_cases = np.array([fold_of[c] for c in data.case_ids])
+            for k in wanted:
+                where = f"member {name} fold {k}" + (f" (repetition {r})" if r else "")
+                overall.set_postfix_str(where[len("member "):])
+                outer_idx = np.flatnonzero(folds_of_cases == k)
+                rest = np.flatnonzero(folds_of_cases != k)
+                inner_of = set(rep["inner_validation"][k])
+                is_inner = np.array([data.case_ids[i] in inner_of for i in rest], dtype=bool)
+                train_idx, val_idx = rest[~is_inner], rest[is_inner]
+                for part, idx in (("outer fold", outer_idx), ("inner validation", val_idx)):
+                    if len(set(data.labels[idx].tolist())) < 2:
+                        raise TrainingError(f"{where}: the {part} has {len(idx)} case(s) of one "
+                                            "class only (too few usable cases for this member)")
+                if len(train_idx) < 2:
+                    raise TrainingError(f"{where}: not enough training cases")
+                results[name].append(train_fold(member, data, train_idx, val_idx, k, workdir / "members" / name,
+                                                config.seed, dev, progress, stop_after_epochs, outer_idx=outer_idx,
+                                                repeat=r))
+                overall.update(1)
     overall.close()
     return results
 
@@ -423,13 +473,21 @@ def fold_weight_files(workdir: str | Path, member: str, folds: int) -> list[Path
     return files
 
 
-def load_oof(workdir: str | Path, member: str, folds: int) -> dict[str, tuple[int, float]]:
-    """Out-of-fold predictions of a member: case id -> (label, probability)."""
-    out: dict[str, tuple[int, float]] = {}
-    for k in range(folds):
-        path = Path(workdir) / "members" / member / f"fold{k}.oof.json"
-        if not path.is_file():
-            raise TrainingError(f"member {member}: {path.name} missing; run train first")
-        d = json.loads(path.read_text())
-        out.update({c: (int(y), float(s)) for c, y, s in zip(d["case_ids"], d["labels"], d["scores"])})
-    return out
+def load_oof(workdir: str | Path, member: str, folds: int, repeats: int = 1) -> dict[str, tuple[int, float]]:
+    """Out-of-fold predictions of a member: case id -> (label, probability).
+
+    With repetitions, a case's probability is the average of its out-of-fold predictions,
+    one per repetition (each from the one model of that repetition that did not see it).
+    """
+    scores: dict[str, list[float]] = {}
+    labels: dict[str, int] = {}
+    for r in range(repeats):
+        for k in range(folds):
+            path = Path(workdir) / "members" / member / f"{fold_stem(k, r)}.oof.json"
+            if not path.is_file():
+                raise TrainingError(f"member {member}: {path.name} missing; run train first")
+            d = json.loads(path.read_text())
+            for c, y, s in zip(d["case_ids"], d["labels"], d["scores"]):
+                labels[c] = int(y)
+                scores.setdefault(c, []).append(float(s))
+    return {c: (labels[c], float(np.mean(v))) for c, v in scores.items()}

@@ -23,7 +23,9 @@ CONFIG = {
     "format": "tsc-training/1", "name": "cli-test", "version": "0.0.1", "synthetic": True,
     "intended_use": "Unit tests only.", "folds": 2, "seed": 0,
     "grids": {"wae": {"shape": [16, 16, 16], "spacing_mm": [12.0, 12.0, 12.0]}},
-    "recipes": {"clin": {"loss": "focal", "lr": 0.01, "batch_size": 4, "epochs": 3}},
+    # a high learning rate so that the member learns the (easy) signal in a few epochs: a set whose
+    # primary ensemble has not learned is not exported
+    "recipes": {"clin": {"loss": "focal", "lr": 0.1, "batch_size": 4, "epochs": 3}},
     "members": {"clinical": {"architecture": "clinical-fcnn", "hyperparameters": {"hidden": [8]},
                              "input": "clinical", "recipe": "clin"}},
     "ensembles": {"C": {"members": ["clinical"], "weights": "equal", "threshold": "youden"}},
@@ -172,3 +174,51 @@ def test_scoring_differences_between_manifests(tmp_path):
                              {"case_id": "e2", "study_uid": None, "patient_key": "p1"}], training)
     assert not leaked["held_out"] and leaked["same_study_uid"] == ["e1"] and leaked["same_patient"] == ["e2"]
     assert leaked["without_study_uid"] == 1
+
+
+def test_repetitions_average_out_of_fold_predictions_and_can_be_added_later(tmp_path, capsys):
+    import torch
+
+    from training.trainer import load_oof
+
+    cases = _cases(tmp_path / "cases", n=24)
+    work = tmp_path / "w"
+
+    def cfg(repeats: int) -> str:  # enough epochs for the member to learn, so the set can be exported
+        recipe = {"loss": "focal", "lr": 0.01, "batch_size": 4, "epochs": 20}
+        return str(_config_file(tmp_path, repeats=repeats, recipes={"clin": recipe}))
+
+    common = ["--cases", str(cases), "--workdir", str(work), "--no-progress"]
+    assert main(["train", "--config", cfg(1), *common]) == 0
+    first = torch.load(work / "members/clinical/fold0.best.pt", weights_only=True)
+    single = load_oof(work, "clinical", 2)
+    # two more repetitions on the finished folder: repetition 0 is kept as it was
+    assert main(["train", "--config", cfg(3), *common]) == 0
+    again = torch.load(work / "members/clinical/fold0.best.pt", weights_only=True)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    split = json.loads((work / "split.json").read_text())
+    assert len(split["repeats"]) == 2 and split["repeats"][0]["folds"] != split["folds"]
+    per_repeat = []
+    for r, stem in enumerate(("fold{k}", "repeat1.fold{k}", "repeat2.fold{k}")):
+        scores = {}
+        for k in range(2):
+            d = json.loads((work / "members/clinical" / f"{stem.format(k=k)}.oof.json").read_text())
+            assert d["summary"]["repeat"] == r
+            scores.update(zip(d["case_ids"], d["scores"]))
+        per_repeat.append(scores)
+    averaged = load_oof(work, "clinical", 2, repeats=3)
+    assert set(averaged) == set(single) and len(averaged) == 24
+    for c, (label, p) in averaged.items():
+        assert p == pytest.approx(np.mean([s[c] for s in per_repeat]))
+        assert label == single[c][0]
+    # fuse, export and card read the repetitions from the work folder's config
+    assert main(["fuse", "--config", cfg(3), "--workdir", str(work)]) == 0
+    assert "3 times with different seeds" in json.loads((work / "fusion.json").read_text())["scheme"]
+    assert main(["export", "--config", cfg(3), "--workdir", str(work),
+                 "--out", str(tmp_path / "set")]) == 0
+    card = (tmp_path / "set" / "MODEL_CARD.md").read_text()
+    assert "2 outer folds, 3 repetitions of the nested split" in card and "| clinical | 1 (repetition 2) |" in card
+    assert len(list((tmp_path / "set").rglob("*.pt"))) == 2  # only repetition 0 is exported
+    # fewer repetitions than the folder has: refused
+    assert main(["train", "--config", cfg(2), *common]) == 2
+    assert "has 3 repetitions" in capsys.readouterr().err
