@@ -65,8 +65,9 @@ class AppConfig:
 
 
 #: The keys that are paths (resolved against the configuration file's folder).
+_HINTS = typing.get_type_hints(AppConfig)
 PATH_KEYS = tuple(f.name for f in dataclasses.fields(AppConfig)
-                  if typing.get_type_hints(AppConfig)[f.name] == Path | None and not f.metadata.get("internal"))
+                  if _HINTS[f.name] == Path | None and not f.metadata.get("internal"))
 
 
 def app_config_from_dict(values: Mapping[str, Any] | None, base_dir: Path | None = None) -> AppConfig:
@@ -85,6 +86,17 @@ def app_config_from_dict(values: Mapping[str, Any] | None, base_dir: Path | None
     config = build(AppConfig, values)
     paths = {key: resolve_path(getattr(config, key), base_dir) for key in PATH_KEYS}
     return dataclasses.replace(config, base_dir=base_dir, **paths)
+
+
+def app_config_from_options(options: Mapping[str, Any] | None) -> AppConfig:
+    """The application configuration from the node's ``worker.options`` mapping.
+
+    Either ``config`` (path of an application configuration file) or the
+    configuration keys inline.
+    """
+    options = dict(options or {})
+    config_path = options.pop("config", None)
+    return load_app_config(config_path) if config_path else app_config_from_dict(options)
 
 
 def runner_options(config: AppConfig) -> "RunnerOptions":

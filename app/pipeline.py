@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from app.config import AppConfig, ConfigurationError, app_config_from_dict, load_app_config, runner_options
+from app.config import AppConfig, ConfigurationError, app_config_from_options, runner_options
 from operators.brain_extraction import BrainExtractor, extract_brain
 from operators.clinical_data import SiteLookupTable, clinical_data_for_study
 from operators.datatypes import Prediction, Preprocessed, SelectedSeries
@@ -223,17 +223,6 @@ class StudyPipeline:
         return ProcessOutcome(analysed=result.analysed,
                               reason=None if result.error is None else str(result.error),
                               result_files=result.outputs.paths())
-
-
-def app_config_from_options(options: Mapping[str, Any] | None) -> AppConfig:
-    """The application configuration from the node's ``worker.options`` mapping.
-
-    Either ``config`` (path of an application configuration file) or the
-    configuration keys inline.
-    """
-    options = dict(options or {})
-    config_path = options.pop("config", None)
-    return load_app_config(config_path) if config_path else app_config_from_dict(options)
 
 
 def make_processor(options: Mapping[str, Any] | None = None) -> StudyPipeline:

@@ -165,10 +165,7 @@ def evaluate_model_set(model_set_dir: str | Path, cases_dir: str | Path, out_dir
         rows.append(row)
     if not rows:
         raise ValueError(f"{cases_dir}: no case could be scored")
-    report = write_report(rows, model_set, out_dir, n_boot)
-    report["not_analysed"] = not_analysed
-    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
-    return report
+    return write_report(rows, model_set, out_dir, n_boot, extra={"not_analysed": not_analysed})
 
 
 _PIPELINE: Any = None  # one StudyPipeline per evaluation worker process
@@ -251,12 +248,9 @@ def evaluate_studies(model_set_dir: str | Path, studies_dir: str | Path, out_dir
     not_analysed = {k: v for k, (kind, v) in sorted(results.items()) if kind == "not_analysed"}
     if not rows:
         raise ValueError(f"{studies_dir}: no study could be analysed")
-    report = write_report(rows, model_set, out_dir, n_boot)
-    report["through"] = "app.pipeline.StudyPipeline"
-    report["brain_extraction"] = cfg.brain_extraction
-    report["not_analysed"] = not_analysed
-    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
-    return report
+    return write_report(rows, model_set, out_dir, n_boot,
+                        extra={"through": "app.pipeline.StudyPipeline", "brain_extraction": cfg.brain_extraction,
+                               "not_analysed": not_analysed})
 
 
 def study_identifiers(input_dir: Path) -> dict[str, str | None]:
@@ -277,8 +271,12 @@ def study_identifiers(input_dir: Path) -> dict[str, str | None]:
     return {"study_uid": None, "patient_key": None}
 
 
-def write_report(rows: list[dict[str, Any]], model_set: Any, out_dir: Path, n_boot: int) -> dict[str, Any]:
-    """Metrics per member and ensemble, calibration plot and per-case CSV from scored rows."""
+def write_report(rows: list[dict[str, Any]], model_set: Any, out_dir: Path, n_boot: int,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Metrics per member and ensemble, calibration plot and per-case CSV from scored rows.
+
+    ``extra`` (how the cases were run, which were not analysed) is added to ``evaluation.json``.
+    """
     y = [r["label"] for r in rows]
     report: dict[str, Any] = {"model_set": model_set.name, "version": model_set.version,
                               "identity": model_set.identity, "synthetic": model_set.synthetic,
@@ -308,6 +306,7 @@ def write_report(rows: list[dict[str, Any]], model_set: Any, out_dir: Path, n_bo
     calibration_plot(curves, out_dir / "calibration.png",
                      title=f"Calibration on {len(rows)} evaluated cases" + (" (synthetic)" if model_set.synthetic
                                                                             else ""))
+    report.update(extra or {})
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
     keys = sorted({k for r in rows for k in r} - {"patient_key"}, key=lambda k: (k not in ("case_id", "label"), k))
     with open(out_dir / "predictions.csv", "w", newline="") as f:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from app.config import PATH_KEYS as APP_PATH_KEYS
-from app.config import app_config_from_dict, load_app_config
+from app.config import app_config_from_options
 from operators.errors import ConfigurationError
 from operators.typed_config import apply_env, build, is_settings_file, read_mapping, section
 
@@ -300,10 +300,7 @@ def load_config(path: str | os.PathLike[str] | None,
 def _check_app_options(options: Mapping[str, Any], where: str) -> None:
     """Refuse at start-up (and in ``status``) application settings the worker would refuse."""
     try:
-        if options.get("config"):
-            load_app_config(options["config"])
-        else:
-            app_config_from_dict(options)
+        app_config_from_options(options)
     except ConfigurationError as exc:
         raise ConfigError(f"{where}: {exc.reason}") from None
 

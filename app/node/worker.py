@@ -474,8 +474,8 @@ class WorkerPool:
 
     def _fallback_sr(self, job: Job, reason: str | None, out_dir: Path) -> list[Path]:
         """The pipeline's own not-analysable SR, written here when the pipeline could not (crash, hang)."""
-        from app.config import AppConfig
-        from app.pipeline import app_config_from_options, write_not_analysable
+        from app.config import AppConfig, app_config_from_options
+        from app.pipeline import write_not_analysable
         from operators.errors import PipelineError
 
         try:
