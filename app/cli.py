@@ -187,8 +187,8 @@ def main_demo(argv: Sequence[str]) -> int:
 def main_prepare_engine(argv: Sequence[str]) -> int:
     """Load the model set once with the configured engine: fills the OpenVINO IR cache."""
     p = argparse.ArgumentParser(prog="python -m app prepare-engine",
-                                description="Convert every fold network of the model set into the OpenVINO IR "
-                                            "cache (openvino_cache / $TSC_OPENVINO_CACHE), so that later starts "
+                                description="Convert every fold network of the model set, and HD-BET's networks, "
+                                            "into the OpenVINO IR cache (openvino_cache / $TSC_OPENVINO_CACHE), so that later starts "
                                             "only verify and compile. Run it where the cache will be read from "
                                             "(e.g. in the image build, with a cache folder outside the model set).")
     p.add_argument("-m", "--model", type=Path, default=Path(os.environ.get("HOLOSCAN_MODEL_PATH") or "models"))
@@ -196,15 +196,18 @@ def main_prepare_engine(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     _setup_logging("INFO", False)
     from app.config import load_app_config, runner_options
-    from app.pipeline import load_runner
+    from app.pipeline import find_model_set, load_runner, make_brain_extractor
 
     try:
-        runner = load_runner(args.model, options=runner_options(load_app_config(args.config)))
+        config = load_app_config(args.config)
+        runner = load_runner(args.model, options=runner_options(config))
+        extractor = make_brain_extractor(config, find_model_set(args.model))
     except PipelineError as exc:
         print(f"error: {exc.reason}", file=sys.stderr)
         return EXIT_ERROR
     print(f"engine {runner.engine_description}; {len(runner.members)} members ready "
-          f"(converted in {runner.conversion_s:.1f} s, loaded in {runner.load_s:.1f} s)")
+          f"(converted in {runner.conversion_s:.1f} s, loaded in {runner.load_s:.1f} s); "
+          f"brain extraction: {extractor.method}")
     return EXIT_OK
 
 

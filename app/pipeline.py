@@ -132,7 +132,8 @@ def make_brain_extractor(config: AppConfig, model_set_dir: Path) -> BrainExtract
     return BrainExtractor(brain_extraction_mode(config.brain_extraction, model_set_dir),
                           hdbet_weights=config.hdbet_weights,
                           models_dir=model_set_dir, device=config.device, hdbet_mode=config.hdbet_mode,
-                          hdbet_mirroring=config.hdbet_mirroring, hdbet_input=config.hdbet_input)
+                          hdbet_mirroring=config.hdbet_mirroring, hdbet_input=config.hdbet_input,
+                          engine=config.inference_engine, openvino_cache=config.openvino_cache)
 
 
 class StudyPipeline:

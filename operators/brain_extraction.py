@@ -114,7 +114,7 @@ class HdBetExtractor:
     @property
     def method(self) -> str:
         """The method string reports carry (names version, mode, models and mirroring)."""
-        return self.predictor.settings.describe()
+        return self.predictor.describe()
 
     def extract(self, flair: sitk.Image, t2_in_flair: sitk.Image | None = None) -> BrainMaskResult:
         """Brain mask on the FLAIR grid.
@@ -152,6 +152,7 @@ class HdBetExtractor:
         return BrainMaskResult(mask, self.method, {
             "method": self.method, "mode": settings.mode, "models": list(settings.models),
             "mirroring": settings.use_mirroring, "device": str(self.predictor.device),
+            "engine": self.predictor.engine,
             "input_contrast": {"flair": "FLAIR", "t2": "T2 in FLAIR space",
                                "mean": "FLAIR and T2 (mean probability)"}[used],
             "parameters_sha256_checked": True, "seconds": round(time.perf_counter() - t0, 3)})
@@ -290,12 +291,16 @@ class BrainExtractor:
         hdbet_mode: ``"auto"`` (fast on CPU, accurate on CUDA), ``"fast"`` or ``"accurate"``.
         hdbet_mirroring: Test-time mirroring; None = the mode's default.
         hdbet_input: Which contrast HD-BET sees (``"flair"``, ``"t2"`` or ``"mean"``).
+        engine: HD-BET's engine on CPU: ``"auto"`` (OpenVINO when installed), ``"openvino"`` or
+            ``"pytorch"`` (the app's ``inference_engine``).
+        openvino_cache: OpenVINO IR cache folder (the app's ``openvino_cache``).
         fallback_settings: Parameters of the fallback.
     """
 
     def __init__(self, mode: str = "auto", *, hdbet_weights: str | os.PathLike[str] | None = None,
                  models_dir: str | os.PathLike[str] | None = None, device: str = "auto",
                  hdbet_mode: str = "auto", hdbet_mirroring: bool | None = None, hdbet_input: str = "flair",
+                 engine: str = "auto", openvino_cache: str | os.PathLike[str] | None = None,
                  fallback_settings: FallbackSettings = FallbackSettings()) -> None:
         if mode not in ("auto", "hd-bet", "fallback"):
             raise ValueError(f"brain extraction mode must be auto, hd-bet or fallback, got {mode!r}")
@@ -329,7 +334,8 @@ class BrainExtractor:
             import torch
 
             torch.set_num_threads(available_cpus())
-        predictor = hdbet_v1.HdBetV1Predictor.from_parameters(folder, settings, str(torch_device))
+        predictor = hdbet_v1.HdBetV1Predictor.from_parameters(folder, settings, str(torch_device), engine=engine,
+                                                              openvino_cache=openvino_cache)
         self.hdbet = HdBetExtractor(predictor, hdbet_input)
 
     @property

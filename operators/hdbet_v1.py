@@ -224,27 +224,45 @@ class HdBetV1Predictor:
         settings: Mode and mirroring.
         device: Torch device the networks live on.
         parameter_files: The files the networks came from (reported).
+        openvino: The same networks compiled for OpenVINO (``operators.hdbet_openvino``);
+            None = run them on PyTorch.
+
+    Attributes:
+        engine: e.g. ``"openvino 2026.4.1 CPU fp32"`` or ``"pytorch 2.13.0 cpu fp32"``.
     """
 
     def __init__(self, networks: Sequence[torch.nn.Module], settings: HdBetV1Settings, device: torch.device,
-                 parameter_files: Sequence[Path] = ()) -> None:
+                 parameter_files: Sequence[Path] = (), openvino: Any | None = None) -> None:
         if not networks:
             raise ValueError("HdBetV1Predictor needs at least one network")
+        if openvino is not None and device.type != "cpu":
+            raise ValueError(f"HD-BET on OpenVINO runs on the CPU, device is {device}")
         self.networks = list(networks)
         self.settings = settings
         self.device = device
         self.parameter_files = [Path(p) for p in parameter_files]
+        self.openvino = openvino
+        self.engine = openvino.description if openvino is not None else \
+            f"pytorch {torch.__version__.split('+')[0]} {device.type} fp32"
         self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        """What runs, for reports: the settings' description and the engine."""
+        return f"{self.settings.describe()}, on {self.engine}"
 
     @classmethod
     def from_parameters(cls, folder: str | os.PathLike[str] | None = None,
-                        settings: HdBetV1Settings | None = None, device: str = "auto") -> "HdBetV1Predictor":
+                        settings: HdBetV1Settings | None = None, device: str = "auto", *, engine: str = "auto",
+                        openvino_cache: str | os.PathLike[str] | None = None) -> "HdBetV1Predictor":
         """Load (or reuse) HD-BET v1.
 
         Args:
             folder: Folder with ``0.model`` ... ``4.model``; default: the installed package's.
             settings: Mode and mirroring; default by device (:func:`default_settings`).
             device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+            engine: ``"auto"`` (OpenVINO on CPU when installed), ``"openvino"`` or ``"pytorch"``
+                (``operators.openvino_engine.resolve_engine``).
+            openvino_cache: IR cache folder (default ``operators.openvino_engine.default_cache_dir()``).
 
         Returns:
             The predictor (cached per process).
@@ -252,23 +270,29 @@ class HdBetV1Predictor:
         Raises:
             HdBetParametersMissing: No parameter folder, or a selected file is absent.
             PreprocessingError: A file's SHA-256 differs or it does not load (the message names the file).
+            ModelConfigurationError: The engine cannot run here, a cached IR file does not match its
+                record, or a conversion is not accepted (the message names the file).
         """
+        from operators.openvino_engine import resolve_engine
+
         torch_device = select_device(device)
         settings = settings or default_settings(torch_device)
+        engine = resolve_engine(engine, torch_device.type)
         path = resolve_parameter_folder(folder)
         looked = Path(folder) if folder is not None else installed_parameter_folder()
         if path is None:
             raise HdBetParametersMissing(install_message(looked), stage="brain_extraction")
-        key = (str(path.resolve()), settings, str(torch_device))
+        key = (str(path.resolve()), settings, str(torch_device), engine, str(openvino_cache))
         with _CACHE_LOCK:
             cached = _CACHE.get(key)
             if cached is None:
-                cached = cls._load(path, settings, torch_device)
+                cached = cls._load(path, settings, torch_device, engine, openvino_cache)
                 _CACHE[key] = cached
             return cached
 
     @classmethod
-    def _load(cls, folder: Path, settings: HdBetV1Settings, device: torch.device) -> "HdBetV1Predictor":
+    def _load(cls, folder: Path, settings: HdBetV1Settings, device: torch.device, engine: str = "pytorch",
+              openvino_cache: str | os.PathLike[str] | None = None) -> "HdBetV1Predictor":
         t0 = time.perf_counter()
         files = [folder / parameter_file_name(i) for i in settings.models]
         for f in files:
@@ -281,29 +305,44 @@ class HdBetV1Predictor:
                 networks.append(build_hdbet_v1_network(f, expected_sha256=PARAMETER_SHA256[index], device=device))
             except HdBetParameterError as exc:
                 raise PreprocessingError(str(exc), stage="brain_extraction") from exc
-        logger.info("%s loaded from %s on %s in %.1f s (SHA-256 checked)", settings.describe(), folder, device,
-                    time.perf_counter() - t0)
-        return cls(networks, settings, device, files)
+        openvino = None
+        if engine == "openvino":
+            from operators.hdbet_openvino import HdBetOpenVino
+            from operators.openvino_engine import IrCache
 
-    def run_network(self, network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        """One forward pass: ``(1, 1, z, y, x)`` input, ``(1, 2, z, y, x)`` softmax out (the engine seam)."""
-        return network(batch)
+            openvino = HdBetOpenVino(networks, [PARAMETER_SHA256[i] for i in settings.models],
+                                     [f.name for f in files], IrCache(Path(openvino_cache) if openvino_cache else None),
+                                     threads=torch.get_num_threads())
+        predictor = cls(networks, settings, device, files, openvino)
+        logger.info("%s loaded from %s in %.1f s (SHA-256 checked)", predictor.describe(), folder,
+                    time.perf_counter() - t0)
+        return predictor
+
+    def run_network(self, index: int, batch: np.ndarray) -> np.ndarray:
+        """One forward pass of network ``index``: ``(1, 1, z, y, x)`` in, ``(1, 2, z, y, x)`` softmax out."""
+        if self.openvino is not None:
+            return self.openvino(index, batch)
+        with torch.inference_mode():
+            return self.networks[index](torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
     def _softmax(self, data: np.ndarray) -> np.ndarray:
         """Mean softmax over models (and mirrorings) of a padded, normalised (z, y, x) volume."""
         total = None
         count = 0
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(data[None, None])).to(self.device)
-            mirrorings = _MIRRORINGS if self.settings.use_mirroring else _MIRRORINGS[:1]
-            for net in self.networks:
+        x = data[None, None].astype(np.float32, copy=False)
+        mirrorings = _MIRRORINGS if self.settings.use_mirroring else _MIRRORINGS[:1]
+        try:
+            for index in range(len(self.networks)):
                 for axes in mirrorings:
-                    xin = torch.flip(x, axes) if axes else x
-                    out = self.run_network(net, xin)
-                    out = torch.flip(out, axes) if axes else out
-                    total = out if total is None else total + out
+                    xin = np.ascontiguousarray(np.flip(x, axes) if axes else x)
+                    out = self.run_network(index, xin)
+                    out = np.flip(out, axes) if axes else out
+                    total = out.copy() if total is None else total + out
                     count += 1
-            return (total / count)[0].float().cpu().numpy()
+        finally:
+            if self.openvino is not None:
+                self.openvino.release_memory()
+        return total[0] / count
 
     def brain_probability(self, image: sitk.Image) -> sitk.Image:
         """Brain probability of ``image`` on HD-BET's 1.5 mm ``LAS`` grid (steps 1-5).

@@ -531,24 +531,11 @@ class EnsembleRunner:
 
     def _engine_and_precision(self) -> tuple[str, str, ReducedPrecisionMode | None]:
         """Resolve ``auto`` engine and ``reduced`` precision; check the precision is validated."""
-        from operators.openvino_engine import cpu_has_native_bf16, openvino_version
+        from operators.openvino_engine import cpu_has_native_bf16, openvino_version, resolve_engine
 
         opts = self.options
         ms = self.model_set
-        engine = opts.engine
-        if self.device.type != "cpu":
-            if engine == "openvino":
-                raise ModelConfigurationError(f"inference_engine openvino runs on CPU only, device is {self.device}")
-            engine = "pytorch"
-        elif engine in ("auto", "openvino") and openvino_version() is None:
-            if engine == "openvino":
-                raise ModelConfigurationError("inference_engine openvino requested but OpenVINO is not installed "
-                                              "(pip install openvino)")
-            logger.warning("OpenVINO is not installed: the networks run on PyTorch, which is slower on CPU "
-                           "(pip install openvino)")
-            engine = "pytorch"
-        elif engine == "auto":
-            engine = "openvino"
+        engine = resolve_engine(opts.engine, self.device.type)
         precision = opts.precision
         if engine == "pytorch":
             if precision == "reduced":

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,17 +62,65 @@ CACHE_ENV = "TSC_OPENVINO_CACHE"
 # Bump when the conversion recipe changes so that old cache entries are not reused.
 CONVERSION_RECIPE = 1
 PRECISION_MODES = ("fp32", "bf16", "int8")
+ENGINES = ("auto", "openvino", "pytorch")
 # Conversion check: OpenVINO f32 logits against eager PyTorch.
 _CHECK_RTOL, _CHECK_ATOL = 1e-4, 1e-5
+
+
+def import_openvino() -> Any:
+    """The ``openvino`` module, imported with its usage telemetry switched off.
+
+    ``ov.convert_model`` reports usage to Google Analytics unless a consent file
+    under ``~/intel`` says no, and writes a client ID there (seen with
+    openvino-telemetry 2025.2). A clinical node sends nothing and writes nothing
+    under HOME, so ``openvino_telemetry`` is made unimportable before OpenVINO
+    is first imported: OpenVINO (and NNCF) then use their own no-op stubs. Every
+    import of OpenVINO in this project goes through here.
+
+    Raises:
+        ImportError: OpenVINO is not installed.
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
 
 
 def openvino_version() -> str | None:
     """The installed OpenVINO runtime version (e.g. ``"2026.4.1"``), or None when it cannot be imported."""
     try:
-        import openvino as ov
+        ov = import_openvino()
     except ImportError:
         return None
     return str(ov.get_version()).split("-")[0]
+
+
+def resolve_engine(engine: str, device_type: str) -> str:
+    """The engine that runs: ``"openvino"`` or ``"pytorch"``.
+
+    Args:
+        engine: Configured ``inference_engine``: ``"auto"`` (OpenVINO on CPU when installed,
+            else PyTorch, with a warning), ``"openvino"`` or ``"pytorch"``.
+        device_type: Torch device type (``"cpu"``, ``"cuda"``); CUDA always runs PyTorch.
+
+    Raises:
+        ModelConfigurationError: ``openvino`` on a CUDA device, or OpenVINO not installed.
+    """
+    if engine not in ENGINES:
+        raise ModelConfigurationError(f"inference_engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if device_type != "cpu":
+        if engine == "openvino":
+            raise ModelConfigurationError(f"inference_engine openvino runs on CPU only, device is {device_type}")
+        return "pytorch"
+    if engine in ("auto", "openvino") and openvino_version() is None:
+        if engine == "openvino":
+            raise ModelConfigurationError("inference_engine openvino requested but OpenVINO is not installed "
+                                          "(pip install openvino)")
+        logger.warning("OpenVINO is not installed: the networks run on PyTorch, which is slower on CPU "
+                       "(pip install openvino)")
+        return "pytorch"
+    return "openvino" if engine == "auto" else engine
 
 
 def default_cache_dir() -> Path:
@@ -84,7 +133,7 @@ def default_cache_dir() -> Path:
 
 def cpu_has_native_bf16() -> bool:
     """Whether the OpenVINO CPU plugin reports native bf16 support on this CPU."""
-    import openvino as ov
+    ov = import_openvino()
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
@@ -101,7 +150,7 @@ def convert_network(net: "torch.nn.Module", input_shape: Sequence[int]) -> Any:
     through TorchScript costs a minute); ``check_conversion`` then compares it with
     PyTorch on that small shape and fixes the full static shape.
     """
-    import openvino as ov
+    ov = import_openvino()
     import torch
 
     example = torch.rand(*_example_shape(input_shape))
@@ -119,7 +168,7 @@ def check_conversion(net: "torch.nn.Module", model: Any, input_shape: Sequence[i
     Raises:
         ModelConfigurationError: The outputs differ beyond 1e-4 relative + 1e-5 absolute.
     """
-    import openvino as ov
+    ov = import_openvino()
     import torch
 
     x = np.random.default_rng(seed).random(_example_shape(input_shape), dtype=np.float32)
@@ -172,7 +221,9 @@ class IrCache:
                 "hyperparameters": dict(hyperparameters), "input_shape": [int(s) for s in input_shape],
                 "openvino": self.version, "recipe": CONVERSION_RECIPE}
 
-    def get(self, fields: Mapping[str, Any], build: Callable[[], "torch.nn.Module"], where: str) -> IrFiles | Any:
+    def get(self, fields: Mapping[str, Any], build: Callable[[], "torch.nn.Module"], where: str, *,
+            convert: Callable[["torch.nn.Module", Sequence[int]], Any] = convert_network,
+            check: Callable[["torch.nn.Module", Any, Sequence[int], str], float] = check_conversion) -> IrFiles | Any:
         """The IR for ``fields``: a verified cache entry, converted now when missing.
 
         Args:
@@ -180,6 +231,10 @@ class IrCache:
             build: Returns the PyTorch network with the fold's weights loaded (only
                 called when a conversion is needed).
             where: Names the member and fold in errors.
+            convert: PyTorch network and input shape to an ``openvino.Model``.
+            check: Compares the converted model with eager PyTorch, fixes its input
+                shape and returns the largest output difference; raises
+                ``ModelConfigurationError`` when the conversion is not accepted.
 
         Returns:
             ``IrFiles`` of the cache entry, or an in-memory ``openvino.Model`` when the
@@ -189,7 +244,7 @@ class IrCache:
             ModelConfigurationError: A cache entry whose files do not match its record,
                 or a conversion that does not reproduce PyTorch.
         """
-        import openvino as ov
+        ov = import_openvino()
 
         key = _key(fields)
         entry = self.folder / key[:32]
@@ -206,11 +261,11 @@ class IrCache:
             return ir
         t0 = time.perf_counter()
         net = build()
-        model = convert_network(net, fields["input_shape"])
-        diff = check_conversion(net, model, fields["input_shape"], where)
+        model = convert(net, fields["input_shape"])
+        diff = check(net, model, fields["input_shape"], where)
         self.converted_s += time.perf_counter() - t0
         self.conversions += 1
-        logger.info("%s: converted to OpenVINO IR in %.1f s (max |logit diff| vs PyTorch %.2g)", where,
+        logger.info("%s: converted to OpenVINO IR in %.1f s (max |output diff| vs PyTorch %.2g)", where,
                     time.perf_counter() - t0, diff)
         if not self.writable:
             return model
@@ -218,7 +273,7 @@ class IrCache:
         try:
             ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
             meta = dict(fields, xml_sha256=sha256_file(tmp / "model.xml"), bin_sha256=sha256_file(tmp / "model.bin"),
-                        max_abs_logit_diff_vs_pytorch=diff)
+                        max_abs_output_diff_vs_pytorch=diff, check=check.__name__)
             (tmp / "entry.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
             try:
                 os.rename(tmp, entry)
@@ -227,7 +282,7 @@ class IrCache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        return self.get(fields, build, where)
+        return self.get(fields, build, where, convert=convert, check=check)
 
 
 class CompiledNetwork:
@@ -245,7 +300,7 @@ class CompiledNetwork:
     """
 
     def __init__(self, model: Any, precision: str = "fp32", threads: int = 1) -> None:
-        import openvino as ov
+        ov = import_openvino()
 
         if precision not in PRECISION_MODES:
             raise ModelConfigurationError(f"OpenVINO precision must be one of {PRECISION_MODES}, got {precision!r}")
@@ -258,6 +313,10 @@ class CompiledNetwork:
         self._compiled = core.compile_model(model, "CPU", config)
         self._request = self._compiled.create_infer_request()
         self.compile_s = time.perf_counter() - t0
+
+    def release_memory(self) -> None:
+        """Free intermediate buffers until the next call (the compiled network stays)."""
+        self._compiled.release_memory()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Run one input (float32, the network's static shape); returns the first output."""

@@ -91,7 +91,8 @@ class CasePreparer:
         self.rules = load_rules(cfg.series_rules)
         self.lookup = SiteLookupTable.from_csv(cfg.clinical_lookup) if cfg.clinical_lookup else None
         self.extractor = BrainExtractor(cfg.brain_extraction, hdbet_weights=cfg.hdbet_weights,
-                                        models_dir=cfg.models, device=cfg.device)
+                                        models_dir=cfg.models, device=cfg.device, engine=cfg.inference_engine,
+                                        openvino_cache=cfg.openvino_cache)
 
     def case(self, input_dir: Path, case_id: str, label: int) -> Case:
         """Preprocess one study into a case.

