@@ -232,8 +232,8 @@ class IrCache:
                 called when a conversion is needed).
             where: Names the member and fold in errors.
             convert: PyTorch network and input shape to an ``openvino.Model``.
-            check: Compares the converted model with eager PyTorch, fixes its input
-                shape and returns the largest output difference; raises
+            check: Compares the converted model with eager PyTorch, may fix its input
+                shape, and returns the largest output difference; raises
                 ``ModelConfigurationError`` when the conversion is not accepted.
 
         Returns:
