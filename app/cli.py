@@ -188,9 +188,10 @@ def main_prepare_engine(argv: Sequence[str]) -> int:
     """Load the model set once with the configured engine: fills the OpenVINO IR cache."""
     p = argparse.ArgumentParser(prog="python -m app prepare-engine",
                                 description="Convert every fold network of the model set, and HD-BET's networks, "
-                                            "into the OpenVINO IR cache (openvino_cache / $TSC_OPENVINO_CACHE), so that later starts "
-                                            "only verify and compile. Run it where the cache will be read from "
-                                            "(e.g. in the image build, with a cache folder outside the model set).")
+                                            "into the OpenVINO IR cache (openvino_cache / $TSC_OPENVINO_CACHE), so "
+                                            "that later starts only verify and compile. Run it where the cache will "
+                                            "be read from (e.g. in the image build, with a cache folder outside the "
+                                            "model set).")
     p.add_argument("-m", "--model", type=Path, default=Path(os.environ.get("HOLOSCAN_MODEL_PATH") or "models"))
     p.add_argument("-c", "--config", type=Path, default=os.environ.get("TSC_APP_CONFIG"))
     args = p.parse_args(argv)
