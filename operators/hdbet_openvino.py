@@ -24,7 +24,6 @@ in ``tests/unit/test_hdbet_real_anatomy.py``.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -102,8 +101,9 @@ class HdBetOpenVino:
         cache: An ``operators.openvino_engine.IrCache``.
         threads: CPU threads for inference.
 
+    Not thread-safe: ``HdBetV1Predictor`` runs one prediction at a time.
+
     Attributes:
-        description: e.g. ``"openvino 2026.4.1 CPU fp32"``.
         compile_s: Seconds spent compiling so far.
     """
 
@@ -126,9 +126,7 @@ class HdBetOpenVino:
                                else source)
         self.threads = threads
         self.compile_s = 0.0
-        self.description = f"openvino {cache.version} CPU fp32"
         self._compiled: dict[int, tuple[tuple[int, ...], Any]] = {}
-        self._lock = threading.Lock()
 
     def _network(self, index: int, shape: tuple[int, ...]) -> Any:
         from operators.openvino_engine import CompiledNetwork, import_openvino
@@ -147,11 +145,9 @@ class HdBetOpenVino:
         """Softmax ``(1, 2, z, y, x)`` of network ``index`` for a ``(1, 1, z, y, x)`` float32 batch."""
         if not 0 <= index < len(self.models):
             raise ModelConfigurationError(f"HD-BET network {index} is not loaded ({len(self.models)} loaded)")
-        with self._lock:
-            return self._network(index, tuple(batch.shape))(batch)
+        return self._network(index, tuple(batch.shape))(batch)
 
     def release_memory(self) -> None:
         """Free the compiled networks' intermediate buffers until the next call (about 1.3 GB for a head)."""
-        with self._lock:
-            for _, compiled in self._compiled.values():
-                compiled.release_memory()
+        for _, compiled in self._compiled.values():
+            compiled.release_memory()

@@ -52,6 +52,7 @@ import torch
 from operators.brain_extraction import largest_component_filled
 from operators.errors import PreprocessingError
 from operators.hdbet_network import SHAPE_DIVISOR, HdBetParameterError, HdBetV1Network, build_hdbet_v1_network
+from operators.openvino_engine import describe_engine
 
 logger = logging.getLogger(__name__)
 
@@ -245,8 +246,7 @@ class HdBetV1Predictor:
         self.device = device
         self.parameter_files = [Path(p) for p in parameter_files]
         self.openvino = openvino
-        self.engine = openvino.description if openvino is not None else \
-            f"pytorch {torch.__version__.split('+')[0]} {device.type} fp32"
+        self.engine = describe_engine("openvino" if openvino is not None else "pytorch", str(device))
         self._lock = threading.Lock()
 
     def describe(self) -> str:

@@ -531,7 +531,7 @@ class EnsembleRunner:
 
     def _engine_and_precision(self) -> tuple[str, str, ReducedPrecisionMode | None]:
         """Resolve ``auto`` engine and ``reduced`` precision; check the precision is validated."""
-        from operators.openvino_engine import cpu_has_native_bf16, openvino_version, resolve_engine
+        from operators.openvino_engine import cpu_has_native_bf16, describe_engine, resolve_engine
 
         opts = self.options
         ms = self.model_set
@@ -543,7 +543,7 @@ class EnsembleRunner:
                 precision = "fp32"
             if precision == "int8":
                 raise ModelConfigurationError("inference precision int8 needs the OpenVINO engine")
-            self.engine_description = f"pytorch {_torch_version()} {self.device} {precision}"
+            self.engine_description = describe_engine(engine, str(self.device), precision)
             return engine, precision, None
         if precision == "reduced":
             candidates = [m for m in ("int8", "bf16") if m in ms.reduced_precision
@@ -561,8 +561,7 @@ class EnsembleRunner:
                     f"({ms.manifest_path}: no openvino_reduced_precision.{precision}; see python -m training quantize)")
             if precision == "bf16" and not cpu_has_native_bf16():
                 raise ModelConfigurationError("inference precision bf16: this CPU has no native bf16 support")
-        self.engine_description = (f"openvino {openvino_version()} CPU "
-                                   f"{reduced.describe() if reduced else 'fp32'}")
+        self.engine_description = describe_engine(engine, precision=reduced.describe() if reduced else "fp32")
         return engine, precision, reduced
 
     @staticmethod
@@ -641,12 +640,6 @@ class EnsembleRunner:
                                      if info is not None else {})
         prediction.inference_engine = self.engine_description
         return prediction
-
-
-def _torch_version() -> str:
-    import torch
-
-    return str(torch.__version__).split("+")[0]
 
 
 def _operator_class() -> type:

@@ -123,6 +123,21 @@ def resolve_engine(engine: str, device_type: str) -> str:
     return "openvino" if engine == "auto" else engine
 
 
+def describe_engine(engine: str, device: str = "cpu", precision: str = "fp32") -> str:
+    """How a network runs, as reports print it, e.g. ``"openvino 2026.4.1 CPU fp32"`` or ``"pytorch 2.13.0 cpu fp32"``.
+
+    Args:
+        engine: ``"openvino"`` or ``"pytorch"`` (as ``resolve_engine`` returns).
+        device: Torch device (PyTorch only; OpenVINO runs on the CPU).
+        precision: Precision mode, or a reduced mode's own description.
+    """
+    if engine == "openvino":
+        return f"openvino {openvino_version()} CPU {precision}"
+    import torch
+
+    return f"pytorch {str(torch.__version__).split('+')[0]} {device} {precision}"
+
+
 def default_cache_dir() -> Path:
     """``$TSC_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``)``/tsc-epilepsy-outcome/openvino``."""
     if os.environ.get(CACHE_ENV):
